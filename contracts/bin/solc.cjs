@@ -42,7 +42,7 @@ function parseArgs(argv) {
                 options.includePaths.push(value());
                 break;
             case '--allow-paths':
-                // solc-js has no file access policy: imports resolve only under the base and include paths.
+                // solc-js has no file access policy of its own. Files are read only by importCallback below.
                 value();
                 break;
             default:
