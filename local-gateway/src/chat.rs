@@ -1,0 +1,390 @@
+//! `POST /v1/chat/completions`: check the body, pick providers, fail over until one sends its
+//! first chunk, then relay its answer as server-sent events or as one `chat.completion`.
+//!
+//! The response head is sent only after the first chunk has arrived, so a failover before that
+//! is invisible to the client. The client's body is forwarded byte for byte.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{Value, json};
+use spare_gossip::infer::UsageReceipt;
+use spare_gossip::{Api, INFER_PROTOCOL, InferRequest, PeerId};
+use tracing::Instrument;
+
+use crate::aggregate::aggregate_chunks;
+use crate::error::ApiError;
+use crate::provider::{Event, Failure, ProviderStream};
+use crate::reputation::{FailureKind, Outcome};
+use crate::select::{Candidate, TokenEstimate, find_candidates, rank};
+use crate::server::{GatewayState, RequestId};
+
+/// Maximum number of providers tried for one request, so a request fails in bounded time.
+const MAX_ATTEMPTS: usize = 8;
+
+/// The fields of a chat request that the gateway itself acts on.
+#[derive(Debug)]
+struct ChatRequest {
+    json: Value,
+    model: String,
+    stream: bool,
+    include_usage: bool,
+}
+
+impl ChatRequest {
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let json: Value = serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        if !json.is_object() {
+            return Err(ApiError::InvalidJson("expected a JSON object".into()));
+        }
+
+        let model = match json.get("model") {
+            None | Some(Value::Null) => return Err(ApiError::MissingModel),
+            Some(Value::String(model)) if model.is_empty() => {
+                return Err(ApiError::InvalidParameter { param: "model", message: "must not be empty".into() });
+            }
+            Some(Value::String(model)) => model.clone(),
+            Some(_) => return Err(ApiError::InvalidParameter { param: "model", message: "expected a string".into() }),
+        };
+        let stream = match json.get("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(stream)) => *stream,
+            Some(_) => return Err(ApiError::InvalidParameter { param: "stream", message: "expected a boolean".into() }),
+        };
+        let include_usage = json.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+
+        Ok(Self { json, model, stream, include_usage })
+    }
+}
+
+/// A checked event, with chunks parsed as JSON objects.
+enum Relayed {
+    Chunk { raw: Vec<u8>, json: Value },
+    Usage(UsageReceipt),
+    Done,
+}
+
+/// A provider that has sent its first event; the request is committed to it.
+struct Answer {
+    peer: PeerId,
+    stream: ProviderStream<libp2p::Stream>,
+    first: Option<Relayed>,
+    started_at: Instant,
+    first_at: Instant,
+}
+
+/// Handles `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(State(state): State<GatewayState>, Extension(request_id): Extension<RequestId>, request: Request) -> Response {
+    match complete(state, request_id.0, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn complete(state: GatewayState, request_id: String, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, state.config.max_body_bytes).await?;
+    let chat = ChatRequest::parse(&body)?;
+    tracing::Span::current().record("model", chat.model.as_str());
+
+    let candidates = find_candidates(&state.network, &chat.model, state.config.dht_lookup_timeout).await;
+    if candidates.is_empty() {
+        return Err(ApiError::ModelNotFound { model: chat.model });
+    }
+    let estimate = TokenEstimate::from_request(body.len(), &chat.json);
+    let ranked = rank(&chat.model, candidates, &state.reputation.snapshot(), estimate);
+
+    let infer = InferRequest { request_id, model: chat.model.clone(), api: Api::OpenAiChat, body: body.to_vec(), voucher: None };
+    let Some(answer) = start_with_failover(&state, &ranked, &infer).await else {
+        return Err(ApiError::NoProviderAvailable { model: chat.model, attempts: ranked.len().min(MAX_ATTEMPTS) });
+    };
+
+    if chat.stream { Ok(stream_answer(state, answer, chat)) } else { collect_answer(state, answer, chat).await }
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge { limit }),
+        Err(e) => Err(ApiError::BodyUnreadable(e.to_string())),
+    }
+}
+
+/// Tries the candidates in order until one sends its first event.
+async fn start_with_failover(state: &GatewayState, ranked: &[Candidate], request: &InferRequest) -> Option<Answer> {
+    for candidate in ranked.iter().take(MAX_ATTEMPTS) {
+        tracing::Span::current().record("peer", tracing::field::display(candidate.peer));
+        match attempt(state, candidate, request).await {
+            Ok(answer) => return Some(answer),
+            Err(failure) => {
+                tracing::warn!(peer = %candidate.peer, kind = ?failure.kind, reason = %failure.message, "Provider failed before the first chunk; trying the next");
+                record_failure(state, candidate.peer, failure.kind, false).await;
+            }
+        }
+    }
+    None
+}
+
+/// Opens a stream, sends the request and waits for the first event, all within the
+/// first-chunk timeout.
+async fn attempt(state: &GatewayState, candidate: &Candidate, request: &InferRequest) -> Result<Answer, Failure> {
+    let started_at = Instant::now();
+    let timeout = state.config.first_chunk_timeout;
+    let first = async {
+        let io = state
+            .network
+            .open_stream(candidate.peer, INFER_PROTOCOL)
+            .await
+            .map_err(|e| Failure::new(FailureKind::Unreachable, e.to_string()))?;
+        let mut stream = ProviderStream::send(io, request, candidate.offer.public_key).await?;
+        let event = next_relayed(&mut stream, timeout).await?;
+        Ok((stream, event))
+    };
+    match tokio::time::timeout(timeout, first).await {
+        Err(_) => Err(Failure::new(FailureKind::Timeout, format!("no first chunk within {} s", timeout.as_secs_f64()))),
+        Ok(Err(failure)) => Err(failure),
+        Ok(Ok((stream, first))) => Ok(Answer { peer: candidate.peer, stream, first: Some(first), started_at, first_at: Instant::now() }),
+    }
+}
+
+async fn next_relayed(stream: &mut ProviderStream<libp2p::Stream>, timeout: std::time::Duration) -> Result<Relayed, Failure> {
+    match stream.next_event(timeout).await? {
+        Event::Chunk(raw) => match serde_json::from_slice::<Value>(&raw) {
+            Ok(json) if json.is_object() => Ok(Relayed::Chunk { raw, json }),
+            _ => Err(Failure::new(FailureKind::Malformed, "chunk is not a JSON object")),
+        },
+        Event::Usage(receipt) => Ok(Relayed::Usage(receipt)),
+        Event::Done => Ok(Relayed::Done),
+    }
+}
+
+/// Counts a failure in the provider's reputation and acts on it: a malformed frame gets the
+/// provider penalised, and an unreachable provider's offer is dropped until it republishes.
+async fn record_failure(state: &GatewayState, peer: PeerId, kind: FailureKind, after_first_chunk: bool) {
+    let counted = match kind {
+        FailureKind::Malformed => FailureKind::Malformed,
+        _ if after_first_chunk => FailureKind::MidStream,
+        other => other,
+    };
+    state.reputation.record(peer, Outcome::Failure(counted));
+
+    match counted {
+        FailureKind::Malformed => {
+            if let Err(e) = state.network.penalize(peer, "sent a malformed inference frame").await {
+                tracing::warn!(%peer, error = %e, "Cannot penalise provider");
+            }
+        }
+        FailureKind::Unreachable => state.network.with_book(|book| book.remove(&peer)),
+        _ => {}
+    }
+}
+
+fn record_success(state: &GatewayState, answer: &Answer, output_tokens: Option<u64>) {
+    let time_to_first_chunk = answer.first_at.duration_since(answer.started_at);
+    let streaming_secs = answer.first_at.elapsed().as_secs_f64();
+    let tokens_per_second = output_tokens.filter(|_| streaming_secs > 0.0).map(|tokens| tokens as f64 / streaming_secs);
+    tracing::info!(peer = %answer.peer, ttft_ms = time_to_first_chunk.as_millis() as u64, output_tokens, "Provider answered");
+    state.reputation.record(answer.peer, Outcome::Success { time_to_first_chunk, tokens_per_second });
+}
+
+impl Answer {
+    async fn next(&mut self, timeout: std::time::Duration) -> Result<Relayed, Failure> {
+        match self.first.take() {
+            Some(first) => Ok(first),
+            None => next_relayed(&mut self.stream, timeout).await,
+        }
+    }
+}
+
+/// Relays the answer as server-sent events, ending with `data: [DONE]`, or with an error
+/// event if the provider fails on the way.
+fn stream_answer(state: GatewayState, answer: Answer, chat: ChatRequest) -> Response {
+    let relay = Relay { state, answer, model: chat.model, include_usage: chat.include_usage, output_tokens: None, finished: false, span: tracing::Span::current() };
+    let events = futures::stream::unfold(relay, |mut relay| async move {
+        let event = relay.next_event().await?;
+        Some((Ok::<_, Infallible>(event), relay))
+    });
+
+    let mut response = Response::new(Body::from_stream(events));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+struct Relay {
+    state: GatewayState,
+    answer: Answer,
+    model: String,
+    include_usage: bool,
+    output_tokens: Option<u64>,
+    finished: bool,
+    span: tracing::Span,
+}
+
+impl Relay {
+    /// The next server-sent event for the client, or `None` after the last one.
+    async fn next_event(&mut self) -> Option<Bytes> {
+        if self.finished {
+            return None;
+        }
+        let idle = self.state.config.idle_timeout;
+        loop {
+            match self.answer.next(idle).instrument(self.span.clone()).await {
+                Ok(Relayed::Chunk { raw, json }) => {
+                    if let Some(event) = chunk_event(raw, json, self.include_usage) {
+                        return Some(event);
+                    }
+                }
+                Ok(Relayed::Usage(receipt)) => self.output_tokens = Some(receipt.output_tokens),
+                Ok(Relayed::Done) => {
+                    self.finished = true;
+                    self.span.in_scope(|| record_success(&self.state, &self.answer, self.output_tokens));
+                    return Some(Bytes::from_static(b"data: [DONE]\n\n"));
+                }
+                Err(failure) => {
+                    self.finished = true;
+                    self.span.in_scope(|| tracing::warn!(peer = %self.answer.peer, kind = ?failure.kind, reason = %failure.message, "Provider failed mid-stream"));
+                    record_failure(&self.state, self.answer.peer, failure.kind, true).instrument(self.span.clone()).await;
+                    return Some(ApiError::ProviderFailed { model: self.model.clone(), message: failure.message }.sse_event());
+                }
+            }
+        }
+    }
+}
+
+/// Formats one chunk as a server-sent event, passing the provider's bytes through unless the
+/// usage must be taken out. Returns `None` for a usage-only chunk the client did not ask for.
+fn chunk_event(raw: Vec<u8>, mut json: Value, include_usage: bool) -> Option<Bytes> {
+    let has_usage = json.get("usage").is_some_and(Value::is_object);
+    let payload = if has_usage && !include_usage {
+        let has_choices = json.get("choices").and_then(Value::as_array).is_some_and(|choices| !choices.is_empty());
+        if !has_choices {
+            return None;
+        }
+        // Some servers put usage on the last content chunk; keep the chunk, drop the usage.
+        if let Some(object) = json.as_object_mut() {
+            object.remove("usage");
+        }
+        serde_json::to_vec(&json).ok()?
+    } else if raw.contains(&b'\n') || raw.contains(&b'\r') {
+        // A line break would end the event early; JSON allows them only as whitespace.
+        serde_json::to_vec(&json).ok()?
+    } else {
+        raw
+    };
+
+    let mut event = Vec::with_capacity(payload.len() + 8);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(&payload);
+    event.extend_from_slice(b"\n\n");
+    Some(Bytes::from(event))
+}
+
+/// Reads the whole answer and returns it as one `chat.completion`.
+async fn collect_answer(state: GatewayState, mut answer: Answer, chat: ChatRequest) -> Result<Response, ApiError> {
+    let idle = state.config.idle_timeout;
+    let mut chunks = Vec::new();
+    let mut receipt = None;
+    loop {
+        match answer.next(idle).await {
+            Ok(Relayed::Chunk { json, .. }) => chunks.push(json),
+            Ok(Relayed::Usage(usage)) => receipt = Some(usage),
+            Ok(Relayed::Done) => break,
+            Err(failure) => {
+                tracing::warn!(peer = %answer.peer, kind = ?failure.kind, reason = %failure.message, "Provider failed mid-answer");
+                record_failure(&state, answer.peer, failure.kind, true).await;
+                return Err(ApiError::ProviderFailed { model: chat.model, message: failure.message });
+            }
+        }
+    }
+    record_success(&state, &answer, receipt.as_ref().map(|r| r.output_tokens));
+
+    let mut completion = aggregate_chunks(&chunks);
+    if completion["usage"].is_null()
+        && let Some(receipt) = receipt
+    {
+        completion["usage"] = json!({
+            "prompt_tokens": receipt.input_tokens,
+            "completion_tokens": receipt.output_tokens,
+            "total_tokens": receipt.input_tokens.saturating_add(receipt.output_tokens),
+        });
+    }
+    Ok((StatusCode::OK, Json(completion)).into_response())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_fields_are_checked() {
+        let cases: [(&[u8], ApiError); 6] = [
+            (b"{\"model\": ", ApiError::InvalidJson(String::new())),
+            (b"[1, 2]", ApiError::InvalidJson(String::new())),
+            (b"{\"messages\": []}", ApiError::MissingModel),
+            (b"{\"model\": 7}", ApiError::InvalidParameter { param: "model", message: String::new() }),
+            (b"{\"model\": \"\"}", ApiError::InvalidParameter { param: "model", message: String::new() }),
+            (b"{\"model\": \"m\", \"stream\": \"yes\"}", ApiError::InvalidParameter { param: "stream", message: String::new() }),
+        ];
+        for (body, expected) in cases {
+            let error = ChatRequest::parse(body).unwrap_err();
+            assert_eq!(std::mem::discriminant(&error), std::mem::discriminant(&expected), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn stream_and_usage_flags_are_read() {
+        let chat = ChatRequest::parse(br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
+        assert_eq!(chat.model, "m");
+        assert!(chat.stream);
+        assert!(chat.include_usage);
+
+        let chat = ChatRequest::parse(br#"{"model":"m"}"#).unwrap();
+        assert!(!chat.stream);
+        assert!(!chat.include_usage);
+    }
+
+    fn event_text(raw: &str, include_usage: bool) -> Option<String> {
+        let json: Value = serde_json::from_str(raw).unwrap();
+        chunk_event(raw.as_bytes().to_vec(), json, include_usage).map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn chunk_bytes_pass_through_unchanged() {
+        let raw = r#"{"id":"x","z":1.50,"a":[],"choices":[{"index":0,"delta":{"content":"hi"}}]}"#;
+        assert_eq!(event_text(raw, false).unwrap(), format!("data: {raw}\n\n"));
+    }
+
+    #[test]
+    fn usage_chunk_is_forwarded_only_when_requested() {
+        let raw = r#"{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+        assert_eq!(event_text(raw, true).unwrap(), format!("data: {raw}\n\n"));
+        assert_eq!(event_text(raw, false), None);
+    }
+
+    #[test]
+    fn usage_on_content_chunk_is_removed_when_not_requested() {
+        let raw = r#"{"id":"x","choices":[{"index":0,"delta":{"content":"!"}}],"usage":{"total_tokens":3},"tail":true}"#;
+        let text = event_text(raw, false).unwrap();
+        assert_eq!(text, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"}}],\"tail\":true}\n\n");
+    }
+
+    #[test]
+    fn chunk_with_line_breaks_becomes_one_line() {
+        let raw = "{\"id\": \"x\",\n \"choices\": []}";
+        assert_eq!(event_text(raw, false).unwrap(), "data: {\"id\":\"x\",\"choices\":[]}\n\n");
+    }
+}

@@ -1,0 +1,270 @@
+//! Errors of the gateway: [`GatewayError`] for starting and stopping it, and [`ApiError`] for
+//! failed HTTP requests.
+//!
+//! Every HTTP error leaves the gateway through [`ApiError::into_response`] (or
+//! [`ApiError::sse_event`] once a stream has started), so clients always see OpenAI's error body:
+//! `{"error":{"message","type","param","code"}}`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+/// An error that stops the gateway from starting or from shutting down cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Another process already listens on the HTTP address.
+    #[error("cannot listen on {addr}: the address is already in use; choose another with --listen")]
+    AddressInUse {
+        /// The address from the configuration.
+        addr: SocketAddr,
+    },
+    /// Binding the HTTP listener failed for another reason.
+    #[error("cannot listen on {addr}: {source}; choose another address with --listen")]
+    Bind {
+        /// The address from the configuration.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP server stopped with an error.
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    /// The reputation database cannot be opened, read or written.
+    #[error("reputation store {path}: {reason}")]
+    Store {
+        /// Path of the redb file.
+        path: PathBuf,
+        /// What failed, and what to do about it.
+        reason: String,
+    },
+    /// The API key file is unusable.
+    #[error("API key file {path}: {reason}")]
+    ApiKey {
+        /// Path of the key file.
+        path: PathBuf,
+        /// What is wrong, and what to do about it.
+        reason: String,
+    },
+    /// A setting has a value the gateway cannot work with.
+    #[error("invalid setting: {0}")]
+    Config(String),
+}
+
+/// A failed HTTP request, mapped to a status code and an OpenAI error body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ApiError {
+    /// No key in `Authorization` or `x-api-key`.
+    MissingApiKey,
+    /// A key was sent but it is not this gateway's key.
+    InvalidApiKey,
+    /// A browser request from another origin.
+    CrossOrigin {
+        /// The `Origin` header value.
+        origin: String,
+    },
+    /// The body is larger than the configured limit.
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body could not be read from the connection.
+    BodyUnreadable(String),
+    /// The body is not a JSON object.
+    InvalidJson(String),
+    /// The body has no `model` field.
+    MissingModel,
+    /// A field has the wrong type or value.
+    InvalidParameter {
+        /// The field name.
+        param: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// No provider on the network offers the model.
+    ModelNotFound {
+        /// The requested model id.
+        model: String,
+    },
+    /// No route matches the path.
+    UnknownRoute {
+        /// The request path.
+        path: String,
+    },
+    /// Every provider of the model failed before sending the first chunk.
+    NoProviderAvailable {
+        /// The requested model id.
+        model: String,
+        /// How many providers were tried.
+        attempts: usize,
+    },
+    /// The chosen provider failed after it started answering.
+    ProviderFailed {
+        /// The requested model id.
+        model: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl ApiError {
+    /// The HTTP status code for this error.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Self::CrossOrigin { .. } => StatusCode::FORBIDDEN,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyUnreadable(_) | Self::InvalidJson(_) | Self::MissingModel | Self::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
+            Self::ModelNotFound { .. } | Self::UnknownRoute { .. } => StatusCode::NOT_FOUND,
+            Self::NoProviderAvailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ProviderFailed { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The OpenAI error body: `{"error":{"message","type","param","code"}}`.
+    pub(crate) fn body(&self) -> Value {
+        let (message, kind, param, code) = match self {
+            Self::MissingApiKey => (
+                "Missing API key. Send it as `Authorization: Bearer KEY` or `x-api-key: KEY`; the key is in the gateway's data dir as `api-key`.".to_owned(),
+                "invalid_request_error",
+                None,
+                "invalid_api_key",
+            ),
+            Self::InvalidApiKey => (
+                "Invalid API key. Use the key from the gateway's data dir (`api-key`) or from SPARE_API_KEY.".to_owned(),
+                "invalid_request_error",
+                None,
+                "invalid_api_key",
+            ),
+            Self::CrossOrigin { origin } => (
+                format!("Cross-origin requests are rejected (Origin: {origin}). Call the gateway from a local program, not from a web page."),
+                "invalid_request_error",
+                None,
+                "cross_origin_forbidden",
+            ),
+            Self::BodyTooLarge { limit } => (
+                format!("Request body exceeds the limit of {limit} bytes. Send a smaller request or raise --max-body-bytes."),
+                "invalid_request_error",
+                None,
+                "request_too_large",
+            ),
+            Self::BodyUnreadable(reason) => (format!("Cannot read the request body: {reason}."), "invalid_request_error", None, "invalid_body"),
+            Self::InvalidJson(reason) => (format!("Request body is not valid JSON: {reason}."), "invalid_request_error", None, "invalid_json"),
+            Self::MissingModel => (
+                "Missing required parameter: 'model'.".to_owned(),
+                "invalid_request_error",
+                Some("model"),
+                "missing_required_parameter",
+            ),
+            Self::InvalidParameter { param, message } => (format!("Invalid '{param}': {message}."), "invalid_request_error", Some(*param), "invalid_value"),
+            Self::ModelNotFound { model } => (
+                format!("The model '{model}' is not offered by any provider on the network. List available models with GET /v1/models."),
+                "invalid_request_error",
+                Some("model"),
+                "model_not_found",
+            ),
+            Self::UnknownRoute { path } => (format!("Unknown request URL: {path}."), "invalid_request_error", None, "unknown_url"),
+            Self::NoProviderAvailable { model, attempts } => (
+                format!("No provider could serve the model '{model}': all {attempts} tried failed before answering. Retry later."),
+                "server_error",
+                None,
+                "no_provider_available",
+            ),
+            Self::ProviderFailed { model, message } => (
+                format!("The provider serving '{model}' failed while answering: {message}."),
+                "server_error",
+                None,
+                "provider_failed",
+            ),
+        };
+        json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
+    }
+
+    /// The error as one server-sent event, for failures after a stream has started.
+    pub(crate) fn sse_event(&self) -> Bytes {
+        Bytes::from(format!("data: {}\n\n", self.body()))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), axum::Json(self.body())).into_response()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn all_errors() -> Vec<ApiError> {
+        vec![
+            ApiError::MissingApiKey,
+            ApiError::InvalidApiKey,
+            ApiError::CrossOrigin { origin: "https://evil.example".into() },
+            ApiError::BodyTooLarge { limit: 10 },
+            ApiError::BodyUnreadable("reset".into()),
+            ApiError::InvalidJson("eof".into()),
+            ApiError::MissingModel,
+            ApiError::InvalidParameter { param: "stream", message: "expected a boolean".into() },
+            ApiError::ModelNotFound { model: "m".into() },
+            ApiError::UnknownRoute { path: "/x".into() },
+            ApiError::NoProviderAvailable { model: "m".into(), attempts: 2 },
+            ApiError::ProviderFailed { model: "m".into(), message: "closed".into() },
+        ]
+    }
+
+    #[test]
+    fn every_error_has_openai_shape() {
+        for error in all_errors() {
+            let body = error.body();
+            let inner = body.get("error").unwrap().as_object().unwrap();
+            let keys: Vec<&str> = inner.keys().map(String::as_str).collect();
+            assert_eq!(keys, ["message", "type", "param", "code"], "{error:?}");
+            assert!(!inner["message"].as_str().unwrap().is_empty(), "{error:?}");
+            assert!(inner["code"].is_string(), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn errors_map_to_status_codes() {
+        let cases = [
+            (ApiError::MissingApiKey, 401),
+            (ApiError::InvalidApiKey, 401),
+            (ApiError::CrossOrigin { origin: "x".into() }, 403),
+            (ApiError::BodyTooLarge { limit: 1 }, 413),
+            (ApiError::InvalidJson("x".into()), 400),
+            (ApiError::MissingModel, 400),
+            (ApiError::ModelNotFound { model: "m".into() }, 404),
+            (ApiError::NoProviderAvailable { model: "m".into(), attempts: 1 }, 503),
+            (ApiError::ProviderFailed { model: "m".into(), message: "x".into() }, 502),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn model_errors_name_the_model_and_param() {
+        let body = ApiError::ModelNotFound { model: "llama-9".into() }.body();
+        assert_eq!(body["error"]["code"], "model_not_found");
+        assert_eq!(body["error"]["param"], "model");
+        assert!(body["error"]["message"].as_str().unwrap().contains("llama-9"));
+
+        let body = ApiError::NoProviderAvailable { model: "llama-9".into(), attempts: 3 }.body();
+        assert!(body["error"]["message"].as_str().unwrap().contains("llama-9"));
+    }
+
+    #[test]
+    fn sse_event_is_one_data_line() {
+        let event = ApiError::ProviderFailed { model: "m".into(), message: "closed".into() }.sse_event();
+        let text = std::str::from_utf8(&event).unwrap();
+        assert!(text.starts_with("data: {\"error\":"));
+        assert!(text.ends_with("\n\n"));
+        assert_eq!(text.matches('\n').count(), 2);
+    }
+}
