@@ -1,0 +1,367 @@
+//! End-to-end tests: an HTTP client, the gateway, real swarms on loopback and real providers
+//! (`spare_node` in front of a scripted upstream), plus a rogue provider for protocol
+//! violations. Failing providers are priced lower than good ones, so they are tried first.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use spare_gossip::offer::now_ms;
+use spare_testkit::{FailureMode, Script, ToolCallScript};
+use support::{API_KEY, Gateway, MODEL, NodeProvider, Rogue, RogueProvider, chat_body, read_events, streamed_text};
+
+const CHEAP: u64 = 1;
+const EXPENSIVE: u64 = 10;
+
+fn script() -> Script {
+    Script::new(MODEL).with_chunks(4)
+}
+
+fn failing_script(mode: FailureMode) -> Script {
+    script().with_mode(mode)
+}
+
+async fn error_of(response: reqwest::Response) -> Value {
+    let body: Value = response.json().await.unwrap();
+    let keys: Vec<&String> = body["error"].as_object().expect("OpenAI error body").keys().collect();
+    assert_eq!(keys, ["message", "type", "param", "code"]);
+    body["error"].clone()
+}
+
+async fn assert_chat_works(gateway: &Gateway, provider: &NodeProvider) {
+    let response = gateway.post_chat(&chat_body(false)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let completion: Value = response.json().await.unwrap();
+    assert_eq!(completion["choices"][0]["message"]["content"], provider.upstream.script().full_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_chunks_arrive_in_order_and_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = NodeProvider::start(script().with_chunks(5).with_gap(Duration::from_millis(300)), EXPENSIVE).await;
+    let gateway = Gateway::start(&[&provider.peer], dir.path(), |_| {}).await;
+    gateway.wait_for_offers(&[provider.peer_id()]).await;
+
+    let response = gateway.post_chat(&chat_body(true)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let events = read_events(response).await;
+
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    assert_eq!(streamed_text(&events), provider.upstream.script().full_text());
+    assert!(events.iter().all(|event| !event.data.contains("prompt_tokens")), "usage chunk sent without include_usage");
+
+    // Five chunks 300 ms apart: the first must reach the client about 1.2 s before the last.
+    let first_content = events.iter().find(|event| event.data.contains("tok0")).unwrap().at;
+    let last_content = events.iter().find(|event| event.data.contains("tok4")).unwrap().at;
+    assert!(last_content.duration_since(first_content) >= Duration::from_millis(900), "chunks were buffered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_chunk_is_relayed_when_requested() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = NodeProvider::start(script(), EXPENSIVE).await;
+    let gateway = Gateway::start(&[&provider.peer], dir.path(), |_| {}).await;
+    gateway.wait_for_offers(&[provider.peer_id()]).await;
+
+    let mut body = chat_body(true);
+    body["stream_options"] = json!({ "include_usage": true });
+    let events = read_events(gateway.post_chat(&body).send().await.unwrap()).await;
+
+    let usage: Vec<Value> = events
+        .iter()
+        .filter_map(|event| serde_json::from_str::<Value>(&event.data).ok())
+        .filter(|chunk| chunk["usage"].is_object())
+        .collect();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0]["usage"]["completion_tokens"], 4);
+    assert_eq!(usage[0]["choices"], json!([]));
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_streaming_answer_is_aggregated() {
+    let dir = tempfile::tempdir().unwrap();
+    let tool = ToolCallScript::new("get_weather", r#"{"city":"Oslo","unit":"celsius"}"#).with_fragment_chars(5);
+    let provider = NodeProvider::start(script().with_tool_call(tool), EXPENSIVE).await;
+    let gateway = Gateway::start(&[&provider.peer], dir.path(), |_| {}).await;
+    gateway.wait_for_offers(&[provider.peer_id()]).await;
+
+    let mut body = chat_body(false);
+    body["seed"] = json!(7);
+    body["temperature"] = json!(0.25);
+    body["response_format"] = json!({ "type": "text" });
+    body["x_vendor_extension"] = json!({ "nested": [1, 2, 3] });
+    let completion: Value = gateway.post_chat(&body).send().await.unwrap().json().await.unwrap();
+
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(completion["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(completion["choices"][0]["message"]["content"], provider.upstream.script().full_text());
+    assert_eq!(completion["usage"]["completion_tokens"], 4);
+    assert!(completion["id"].is_string());
+
+    let received = provider.upstream.requests().pop().unwrap();
+    assert_eq!(received["seed"], 7);
+    assert_eq!(received["temperature"], 0.25);
+    assert_eq!(received["response_format"], body["response_format"]);
+    assert_eq!(received["x_vendor_extension"], body["x_vendor_extension"]);
+
+    body["tools"] = json!([{ "type": "function", "function": { "name": "get_weather", "parameters": { "type": "object" } } }]);
+    body["tool_choice"] = json!("auto");
+    let completion: Value = gateway.post_chat(&body).send().await.unwrap().json().await.unwrap();
+    let calls = completion["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["type"], "function");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert_eq!(calls[0]["function"]["arguments"], r#"{"city":"Oslo","unit":"celsius"}"#);
+    assert!(calls[0]["id"].is_string());
+    assert_eq!(completion["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(provider.upstream.requests().pop().unwrap()["tools"], body["tools"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_when_provider_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let refusing = NodeProvider::start(failing_script(FailureMode::HttpStatus(500)), CHEAP).await;
+    let good = NodeProvider::start(script(), EXPENSIVE).await;
+    let gateway = Gateway::start(&[&refusing.peer, &good.peer], dir.path(), |_| {}).await;
+    gateway.wait_for_offers(&[refusing.peer_id(), good.peer_id()]).await;
+
+    let events = read_events(gateway.post_chat(&chat_body(true)).send().await.unwrap()).await;
+    assert_eq!(streamed_text(&events), good.upstream.script().full_text());
+    assert_eq!(refusing.upstream.chat_request_count(), 1);
+
+    let refused = gateway.provider_entry(refusing.peer_id()).await;
+    assert_eq!(refused["reputation"]["failures"]["refused"], 1);
+    assert_eq!(refused["reputation"]["successes"], 0);
+    let served = gateway.provider_entry(good.peer_id()).await;
+    assert_eq!(served["reputation"]["successes"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_when_provider_sends_no_first_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = NodeProvider::start(failing_script(FailureMode::HangBeforeResponse), CHEAP).await;
+    let good = NodeProvider::start(script(), EXPENSIVE).await;
+    let gateway = Gateway::start(&[&silent.peer, &good.peer], dir.path(), |config| config.first_chunk_timeout = Duration::from_secs(1)).await;
+    gateway.wait_for_offers(&[silent.peer_id(), good.peer_id()]).await;
+
+    let started = Instant::now();
+    assert_chat_works(&gateway, &good).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "failover took {:?}", started.elapsed());
+    assert_eq!(silent.upstream.chat_request_count(), 1);
+
+    let entry = gateway.provider_entry(silent.peer_id()).await;
+    assert_eq!(entry["reputation"]["failures"]["timeout"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_when_provider_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gone = NodeProvider::start(script(), CHEAP).await;
+    let good = NodeProvider::start(script(), EXPENSIVE).await;
+    let gateway = Gateway::start(&[&gone.peer, &good.peer], dir.path(), |_| {}).await;
+    gateway.wait_for_offers(&[gone.peer_id(), good.peer_id()]).await;
+
+    gone.stop().await;
+    support::wait_for("the connection to close", || (!gateway.peer.handle.connected_peers().contains(&gone.peer_id())).then_some(())).await;
+    assert!(gateway.peer.handle.with_book(|book| book.contains(&gone.peer_id(), now_ms())), "offer should outlive the connection");
+
+    assert_chat_works(&gateway, &good).await;
+    let entry = gateway.provider_entry(gone.peer_id()).await;
+    assert_eq!(entry["reputation"]["failures"]["unreachable"], 1);
+    assert!(!gateway.peer.handle.with_book(|book| book.contains(&gone.peer_id(), now_ms())), "offer of an unreachable provider was kept");
+
+    // With the offer gone, the next request goes straight to the good provider.
+    assert_chat_works(&gateway, &good).await;
+    let entry = gateway.provider_entry(gone.peer_id()).await;
+    assert_eq!(entry["reputation"]["failures"]["unreachable"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_provider_is_penalised() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = RogueProvider::start(Rogue::GarbageFrame, CHEAP).await;
+    let disordered = RogueProvider::start(Rogue::ChunkBeforeStarted, CHEAP + 1).await;
+    let good = NodeProvider::start(script(), EXPENSIVE).await;
+    let gateway = Gateway::start(&[&garbage.peer, &disordered.peer, &good.peer], dir.path(), |_| {}).await;
+    gateway.wait_for_offers(&[garbage.peer_id(), disordered.peer_id(), good.peer_id()]).await;
+
+    let events = read_events(gateway.post_chat(&chat_body(true)).send().await.unwrap()).await;
+    assert_eq!(streamed_text(&events), good.upstream.script().full_text());
+
+    for rogue in [garbage.peer_id(), disordered.peer_id()] {
+        let entry = gateway.provider_entry(rogue).await;
+        assert_eq!(entry["reputation"]["failures"]["malformed"], 1, "{rogue}");
+        assert!(!gateway.peer.handle.with_book(|book| book.contains(&rogue, now_ms())), "{rogue} was not banned");
+    }
+
+    // Banned providers are not tried again.
+    assert_chat_works(&gateway, &good).await;
+    let entry = gateway.provider_entry(garbage.peer_id()).await;
+    assert_eq!(entry["reputation"]["failures"]["malformed"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_providers_failing_gives_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = NodeProvider::start(failing_script(FailureMode::HttpStatus(500)), CHEAP).await;
+    let second = NodeProvider::start(failing_script(FailureMode::HttpStatus(503)), EXPENSIVE).await;
+    let gateway = Gateway::start(&[&first.peer, &second.peer], dir.path(), |_| {}).await;
+    gateway.wait_for_offers(&[first.peer_id(), second.peer_id()]).await;
+
+    for stream in [false, true] {
+        let response = gateway.post_chat(&chat_body(stream)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "stream: {stream}");
+        let error = error_of(response).await;
+        assert_eq!(error["code"], "no_provider_available");
+        assert!(error["message"].as_str().unwrap().contains(MODEL));
+    }
+    assert_eq!(first.upstream.chat_request_count(), 2);
+    assert_eq!(second.upstream.chat_request_count(), 2);
+
+    second.upstream.set_mode(FailureMode::Normal);
+    assert_chat_works(&gateway, &second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mid_stream_failure_reaches_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = NodeProvider::start(failing_script(FailureMode::CloseAfterChunks(2)), EXPENSIVE).await;
+    let gateway = Gateway::start(&[&provider.peer], dir.path(), |_| {}).await;
+    gateway.wait_for_offers(&[provider.peer_id()]).await;
+
+    let response = gateway.post_chat(&chat_body(true)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let events = read_events(response).await;
+    assert_eq!(streamed_text(&events), "tok0 tok1 ");
+    let last: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    assert_eq!(last["error"]["code"], "provider_failed");
+    assert!(events.iter().all(|event| event.data != "[DONE]"));
+
+    let response = gateway.post_chat(&chat_body(false)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(error_of(response).await["code"], "provider_failed");
+
+    let entry = gateway.provider_entry(provider.peer_id()).await;
+    assert_eq!(entry["reputation"]["failures"]["mid_stream"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_client_input_gets_4xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = NodeProvider::start(script(), EXPENSIVE).await;
+    let gateway = Gateway::start(&[&provider.peer], dir.path(), |config| config.max_body_bytes = 4096).await;
+    gateway.wait_for_offers(&[provider.peer_id()]).await;
+    let client = Gateway::client();
+    let chat_url = format!("{}/v1/chat/completions", gateway.url);
+    let own_origin = gateway.url.clone();
+
+    let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        ("missing key", client.post(&chat_url).json(&chat_body(false)), StatusCode::UNAUTHORIZED, "invalid_api_key"),
+        ("wrong key", client.post(&chat_url).bearer_auth("sk-spare-wrong").json(&chat_body(false)), StatusCode::UNAUTHORIZED, "invalid_api_key"),
+        ("wrong x-api-key", client.post(&chat_url).header("x-api-key", "nope").json(&chat_body(false)), StatusCode::UNAUTHORIZED, "invalid_api_key"),
+        (
+            "malformed JSON",
+            client.post(&chat_url).bearer_auth(API_KEY).header("content-type", "application/json").body("{\"model\": \"test-model\", "),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "missing model",
+            client.post(&chat_url).bearer_auth(API_KEY).json(&json!({ "messages": [] })),
+            StatusCode::BAD_REQUEST,
+            "missing_required_parameter",
+        ),
+        (
+            "unknown model",
+            client.post(&chat_url).bearer_auth(API_KEY).json(&json!({ "model": "no-such-model", "messages": [] })),
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+        ),
+        (
+            "oversized body",
+            client.post(&chat_url).bearer_auth(API_KEY).json(&json!({ "model": MODEL, "messages": [{ "role": "user", "content": "x".repeat(5000) }] })),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+        ),
+        (
+            "cross-origin request",
+            client.post(&chat_url).bearer_auth(API_KEY).header("origin", "https://evil.example").json(&chat_body(false)),
+            StatusCode::FORBIDDEN,
+            "cross_origin_forbidden",
+        ),
+        (
+            "cross-origin preflight",
+            client.request(reqwest::Method::OPTIONS, &chat_url).header("origin", "http://localhost:1").header("access-control-request-method", "POST"),
+            StatusCode::FORBIDDEN,
+            "cross_origin_forbidden",
+        ),
+        (
+            "cross-origin health check",
+            client.get(format!("{}/health", gateway.url)).header("origin", "null"),
+            StatusCode::FORBIDDEN,
+            "cross_origin_forbidden",
+        ),
+        ("unknown path", client.get(format!("{}/v1/nothing", gateway.url)).bearer_auth(API_KEY), StatusCode::NOT_FOUND, "unknown_url"),
+    ];
+
+    for (case, request, status, code) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{case}");
+        assert_eq!(error_of(response).await["code"], code, "{case}");
+        assert_chat_works(&gateway, &provider).await;
+    }
+
+    let health = client.get(format!("{}/health", gateway.url)).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK, "health needs no key");
+    let same_origin = client.get(format!("{}/v1/models", gateway.url)).header("x-api-key", API_KEY).header("origin", own_origin).send().await.unwrap();
+    assert_eq!(same_origin.status(), StatusCode::OK, "own origin with x-api-key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_and_health_describe_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let cheap = NodeProvider::start(script(), CHEAP).await;
+    let expensive = NodeProvider::start(script(), EXPENSIVE).await;
+    let gateway = Gateway::start(&[&cheap.peer, &expensive.peer], dir.path(), |_| {}).await;
+    gateway.wait_for_offers(&[cheap.peer_id(), expensive.peer_id()]).await;
+
+    let models = gateway.get_json("/v1/models").await;
+    assert_eq!(models["object"], "list");
+    let data = models["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0]["id"], MODEL);
+    assert_eq!(data[0]["object"], "model");
+    assert_eq!(data[0]["owned_by"], "spare");
+    assert_eq!(data[0]["providers"], 2);
+    assert_eq!(data[0]["pricing"]["input_per_mtok"], CHEAP);
+
+    let health: Value = Gateway::client().get(format!("{}/health", gateway.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["peers"], 2);
+    assert_eq!(health["models"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reputation_survives_gateway_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = NodeProvider::start(script(), EXPENSIVE).await;
+    let mut gateway = Gateway::start(&[&provider.peer], dir.path(), |_| {}).await;
+    gateway.wait_for_offers(&[provider.peer_id()]).await;
+
+    assert_chat_works(&gateway, &provider).await;
+    assert_chat_works(&gateway, &provider).await;
+    let before = gateway.provider_entry(provider.peer_id()).await["reputation"].clone();
+    assert_eq!(before["successes"], 2);
+    assert!(before["ttft_ms"].as_f64().unwrap() > 0.0);
+    gateway.stop().await;
+
+    let restarted = Gateway::start(&[], dir.path(), |_| {}).await;
+    let after = restarted.provider_entry(provider.peer_id()).await["reputation"].clone();
+    assert_eq!(after, before);
+}
