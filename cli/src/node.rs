@@ -1,0 +1,71 @@
+//! `spare node`: the provider.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use spare_gossip::identity::Identity;
+use spare_gossip::{Multiaddr, Network, NetworkConfig};
+use spare_node::{NodeSettings, Price};
+
+use crate::config::{ConfigFile, pick, pick_list};
+use crate::{DiscoveryArgs, shutdown_signal};
+
+/// Flags of `spare node`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct NodeArgs {
+    /// Address to listen on for peers (repeatable) [default: /ip4/0.0.0.0/tcp/4001].
+    #[arg(long = "listen", value_name = "MULTIADDR", env = "SPARE_LISTEN", value_delimiter = ',')]
+    listen: Vec<Multiaddr>,
+
+    /// OpenAI-compatible upstream base URL, such as http://127.0.0.1:8081/v1 (repeatable).
+    #[arg(long = "upstream", value_name = "URL", env = "SPARE_UPSTREAM", value_delimiter = ',')]
+    upstreams: Vec<String>,
+
+    /// Requests served at once; more are refused as busy [default: 8].
+    #[arg(long, env = "SPARE_MAX_CONCURRENT")]
+    max_concurrent: Option<u32>,
+
+    /// Default input price, in token base units per million tokens [default: 100000].
+    #[arg(long, env = "SPARE_PRICE_INPUT")]
+    price_input: Option<u64>,
+
+    /// Default output price, in token base units per million tokens [default: 400000].
+    #[arg(long, env = "SPARE_PRICE_OUTPUT")]
+    price_output: Option<u64>,
+
+    #[command(flatten)]
+    discovery: DiscoveryArgs,
+}
+
+pub(crate) async fn run(args: NodeArgs, data_dir: &Path, file: ConfigFile) -> anyhow::Result<()> {
+    let defaults = NodeSettings::default();
+    let file_price = file.node.default_price.unwrap_or(defaults.default_price);
+    let settings = NodeSettings {
+        upstreams: pick_list(args.upstreams, file.node.upstreams, Vec::new()),
+        max_concurrent: pick(args.max_concurrent, file.node.max_concurrent, defaults.max_concurrent),
+        default_price: Price { input: args.price_input.unwrap_or(file_price.input), output: args.price_output.unwrap_or(file_price.output) },
+        prices: file.node.prices,
+        aliases: file.node.aliases,
+        ..defaults
+    };
+
+    let identity = Identity::load_or_create(&data_dir.join("node").join("identity.key")).context("cannot load the node identity")?;
+    let (bootstrap, mdns) = args.discovery.merge(&file.network);
+    let default_listen: Multiaddr = "/ip4/0.0.0.0/tcp/4001".parse()?;
+    let network_config = NetworkConfig {
+        listen: pick_list(args.listen, file.node.listen, vec![default_listen]),
+        bootstrap,
+        mdns,
+        idle_connection_timeout: Duration::from_secs(60),
+    };
+    tracing::info!(peer = %identity.peer_id(), upstreams = ?settings.upstreams, "Starting provider node");
+
+    let (network, handle) = Network::new(&identity, network_config)?;
+    let network_task = tokio::spawn(network.run());
+    let result = spare_node::run(settings, identity.signing_key.clone(), handle.clone(), shutdown_signal()).await;
+
+    handle.shutdown().await;
+    let _ = network_task.await;
+    result.context("provider node failed")
+}
