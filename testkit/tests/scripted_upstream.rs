@@ -505,3 +505,40 @@ async fn binary_prints_its_url_and_serves() {
     assert!(body.contains("tok1 "));
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn first_chunk_arrives_without_ack_delay() {
+    // Regression: without TCP_NODELAY the first chunk waited for the client's delayed ACK
+    // of the response headers, adding about 40 ms on Linux.
+    let ttft = Duration::from_millis(20);
+    let upstream = ScriptedUpstream::start(Script::new(MODEL).with_time_to_first_token(ttft))
+        .await
+        .unwrap();
+    let client = client();
+
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let response = client
+            .post(chat_url(&upstream))
+            .json(&stream_request())
+            .send()
+            .await
+            .unwrap();
+        let mut body = response.bytes_stream();
+        let mut received = String::new();
+        while !received.contains("tok0 ") {
+            let bytes = body.next().await.unwrap().unwrap();
+            received.push_str(std::str::from_utf8(&bytes).unwrap());
+        }
+        delays.push(started.elapsed());
+        while body.next().await.is_some() {}
+    }
+    delays.sort();
+
+    let median = delays[delays.len() / 2];
+    assert!(
+        median < ttft + Duration::from_millis(15),
+        "median time to first token {median:?}: {delays:?}"
+    );
+}
