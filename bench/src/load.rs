@@ -1,0 +1,276 @@
+//! The load generator: a fixed number of streamed chat completions at a fixed concurrency,
+//! timed from the client.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::stats::Sample;
+
+/// An OpenAI-compatible endpoint under test.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// Path name shown in the results, such as `direct`.
+    pub(crate) name: String,
+    /// Full URL of `POST /v1/chat/completions`.
+    pub(crate) chat_url: String,
+    /// Bearer token sent with every request, if the endpoint needs one.
+    pub(crate) api_key: Option<String>,
+}
+
+/// How many requests to send and how.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoadPlan {
+    /// Requests to send in total.
+    pub(crate) requests: usize,
+    /// Requests in flight at once.
+    pub(crate) concurrency: usize,
+    /// No new request starts after this much time; requests in flight still finish.
+    pub(crate) time_limit: Duration,
+    /// A request that has not finished after this long counts as failed.
+    pub(crate) request_timeout: Duration,
+    /// Content deltas a complete response has; a different count is an error.
+    pub(crate) expected_chunks: usize,
+}
+
+/// Samples of one run and its wall-clock time from first send to last byte.
+#[derive(Debug)]
+pub(crate) struct LoadResult {
+    pub(crate) samples: Vec<Sample>,
+    pub(crate) wall: Duration,
+}
+
+/// Builds the streamed chat completion request body sent on every path.
+pub(crate) fn request_body(model: &str) -> Bytes {
+    let body = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Count to sixteen."}],
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    Bytes::from(body.to_string())
+}
+
+/// Sends `plan.requests` requests from `plan.concurrency` workers and records each one.
+pub(crate) async fn run_load(
+    client: &reqwest::Client,
+    target: &Target,
+    body: &Bytes,
+    plan: LoadPlan,
+) -> LoadResult {
+    let next_request = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let stop_starting_at = started + plan.time_limit;
+
+    let mut workers = Vec::with_capacity(plan.concurrency);
+    for _ in 0..plan.concurrency.max(1) {
+        let client = client.clone();
+        let target = target.clone();
+        let body = body.clone();
+        let next_request = Arc::clone(&next_request);
+        workers.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while next_request.fetch_add(1, Ordering::Relaxed) < plan.requests
+                && Instant::now() < stop_starting_at
+            {
+                let request = send_one(&client, &target, body.clone(), plan.expected_chunks);
+                let sample = match tokio::time::timeout(plan.request_timeout, request).await {
+                    Ok(sample) => sample,
+                    Err(_elapsed) => Sample {
+                        time_to_first_token: None,
+                        content_chunks: 0,
+                        error: Some(format!("timed out after {:?}", plan.request_timeout)),
+                    },
+                };
+                samples.push(sample);
+            }
+            samples
+        }));
+    }
+
+    let mut samples = Vec::with_capacity(plan.requests);
+    for worker in workers {
+        match worker.await {
+            Ok(worker_samples) => samples.extend(worker_samples),
+            Err(join_error) => samples.push(Sample {
+                time_to_first_token: None,
+                content_chunks: 0,
+                error: Some(format!("load worker failed: {join_error}")),
+            }),
+        }
+    }
+    LoadResult {
+        samples,
+        wall: started.elapsed(),
+    }
+}
+
+/// Sends one streamed request and times its first content delta.
+async fn send_one(
+    client: &reqwest::Client,
+    target: &Target,
+    body: Bytes,
+    expected_chunks: usize,
+) -> Sample {
+    let started = Instant::now();
+    let mut sample = Sample {
+        time_to_first_token: None,
+        content_chunks: 0,
+        error: None,
+    };
+
+    let mut request = client
+        .post(&target.chat_url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    if let Some(api_key) = &target.api_key {
+        request = request.bearer_auth(api_key);
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => {
+            sample.error = Some(format!("request failed: {error}"));
+            return sample;
+        }
+    };
+    if !response.status().is_success() {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        sample.error = Some(format!(
+            "HTTP {status}: {}",
+            text.chars().take(200).collect::<String>()
+        ));
+        return sample;
+    }
+
+    let mut parser = SseParser::default();
+    let mut done = false;
+    let mut body = response.bytes_stream();
+    while let Some(item) = body.next().await {
+        let bytes = match item {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                sample.error = Some(format!("response body failed: {error}"));
+                return sample;
+            }
+        };
+        for data in parser.push(&bytes) {
+            if data == "[DONE]" {
+                done = true;
+            } else if has_content(&data) {
+                sample.content_chunks += 1;
+                sample
+                    .time_to_first_token
+                    .get_or_insert_with(|| started.elapsed());
+            }
+        }
+    }
+
+    if !done {
+        sample.error = Some("stream ended without data: [DONE]".to_owned());
+    } else if sample.content_chunks != expected_chunks {
+        sample.error = Some(format!(
+            "received {} content chunks, expected {expected_chunks}",
+            sample.content_chunks
+        ));
+    }
+    sample
+}
+
+/// Returns whether an SSE `data` payload is a chunk with a non-empty content delta.
+fn has_content(data: &str) -> bool {
+    let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+        return false;
+    };
+    chunk
+        .pointer("/choices/0/delta/content")
+        .and_then(Value::as_str)
+        .is_some_and(|content| !content.is_empty())
+}
+
+/// An incremental parser for the `data` fields of a server-sent event stream.
+///
+/// Events end at a blank line; several `data:` lines in one event are joined with `\n`, and
+/// other fields (`event:`, `id:`, comments) are ignored, as the SSE specification requires.
+#[derive(Debug, Default)]
+pub(crate) struct SseParser {
+    pending: Vec<u8>,
+    data: Option<String>,
+}
+
+impl SseParser {
+    /// Feeds bytes and returns the `data` of every event they complete.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.pending.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        let mut consumed = 0;
+        while let Some(newline) = self.pending[consumed..]
+            .iter()
+            .position(|&byte| byte == b'\n')
+        {
+            let line_end = consumed + newline;
+            let line = String::from_utf8_lossy(&self.pending[consumed..line_end]);
+            let line = line.strip_suffix('\r').unwrap_or(&line);
+            if line.is_empty() {
+                if let Some(data) = self.data.take() {
+                    events.push(data);
+                }
+            } else if let Some(value) = line.strip_prefix("data:") {
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match &mut self.data {
+                    Some(data) => {
+                        data.push('\n');
+                        data.push_str(value);
+                    }
+                    None => self.data = Some(value.to_owned()),
+                }
+            }
+            consumed = line_end + 1;
+        }
+        self.pending.drain(..consumed);
+        events
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_parser_handles_split_events() {
+        let mut parser = SseParser::default();
+        assert!(parser.push(b"data: {\"a\"").is_empty());
+        assert!(parser.push(b":1}\n").is_empty());
+        assert_eq!(
+            parser.push(b"\ndata: [DONE]\n\n"),
+            vec!["{\"a\":1}", "[DONE]"]
+        );
+    }
+
+    #[test]
+    fn sse_parser_joins_data_lines_and_skips_fields() {
+        let mut parser = SseParser::default();
+        let events = parser.push(b": comment\r\nevent: x\r\ndata: one\r\ndata:two\r\n\r\n");
+        assert_eq!(events, vec!["one\ntwo"]);
+    }
+
+    #[test]
+    fn content_detection_skips_role_and_usage_chunks() {
+        assert!(!has_content(
+            r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#
+        ));
+        assert!(has_content(
+            r#"{"choices":[{"delta":{"content":"tok0 "}}]}"#
+        ));
+        assert!(!has_content(
+            r#"{"choices":[],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(!has_content("not json"));
+    }
+}
