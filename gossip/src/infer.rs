@@ -192,4 +192,33 @@ mod tests {
         let bytes = framing::encode(&request).unwrap();
         assert_eq!(framing::decode::<InferRequest>(&bytes).unwrap(), request);
     }
+
+    /// Keys of a CBOR map, in order, for checking the layout that docs/protocol.md specifies.
+    fn map_keys(bytes: &[u8]) -> Vec<String> {
+        let value: ciborium::Value = framing::decode(bytes).unwrap();
+        value.as_map().unwrap().iter().map(|(k, _)| k.as_text().unwrap().to_owned()).collect()
+    }
+
+    #[test]
+    fn wire_layout_matches_the_protocol_spec() {
+        let done = framing::encode(&ResponseFrame::Done).unwrap();
+        assert_eq!(done, [&[0xa1, 0x64][..], b"type", &[0x64], b"done"].concat());
+
+        let error = framing::encode(&ResponseFrame::Error { code: ErrorCode::Busy, message: "m".into() }).unwrap();
+        assert_eq!(map_keys(&error), ["type", "code", "message"]);
+        let value: ciborium::Value = framing::decode(&error).unwrap();
+        assert_eq!(value.as_map().unwrap()[1].1.as_text(), Some("busy"));
+
+        let chunk = framing::encode(&ResponseFrame::Chunk { data: vec![1, 2] }).unwrap();
+        let value: ciborium::Value = framing::decode(&chunk).unwrap();
+        assert!(value.as_map().unwrap()[1].1.is_bytes(), "chunk data must be a CBOR byte string");
+
+        let identity = Identity::generate().unwrap();
+        let receipt = UsageReceipt::sign(&identity.signing_key, "r", "m", 1, 2).unwrap();
+        let usage = framing::encode(&ResponseFrame::Usage(receipt)).unwrap();
+        assert_eq!(map_keys(&usage), ["type", "request_id", "model", "input_tokens", "output_tokens", "signature"]);
+
+        let request = InferRequest { request_id: "a".into(), model: "m".into(), api: Api::OpenAiChat, body: b"{}".to_vec(), voucher: None };
+        assert_eq!(map_keys(&framing::encode(&request).unwrap()), ["request_id", "model", "api", "body"]);
+    }
 }
