@@ -1,4 +1,4 @@
-//! Assembles the `chat.completion.chunk` events of a streamed answer into one
+//! Assembles the `chat.completion.chunk` events of a streamed response into one
 //! `chat.completion` object, for clients that did not ask for a stream.
 //!
 //! Per choice index: content, refusal and reasoning text are concatenated; tool calls are

@@ -23,7 +23,7 @@ pub fn generate_api_key() -> String {
     format!("{API_KEY_PREFIX}{}", hex::encode(secret))
 }
 
-/// Whether `key` has the form `sk-spare-<64 hex>` or `sk-spare-<43 base64url>`.
+/// Checks whether `key` has the form `sk-spare-<64 hex>` or `sk-spare-<43 base64url>`.
 pub fn is_valid_api_key(key: &str) -> bool {
     let Some(secret) = key.strip_prefix(API_KEY_PREFIX) else {
         return false;
@@ -57,7 +57,7 @@ pub fn load_or_create_api_key(path: &Path) -> Result<(String, bool), GatewayErro
     }
 }
 
-/// The key a client sent, from `Authorization: Bearer KEY` or `x-api-key: KEY`.
+/// Returns the key a client sent, from `Authorization: Bearer KEY` or `x-api-key: KEY`.
 pub(crate) fn key_from_headers(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let mut parts = value.trim().splitn(2, ' ');

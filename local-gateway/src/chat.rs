@@ -1,5 +1,5 @@
 //! `POST /v1/chat/completions`: check the body, pick providers, fail over until one sends its
-//! first chunk, then relay its answer as server-sent events or as one `chat.completion`.
+//! first chunk, then relay its response as server-sent events or as one `chat.completion`.
 //!
 //! The response head is sent only after the first chunk has arrived, so a failover before that
 //! is invisible to the client. The client's body is forwarded byte for byte.
@@ -73,7 +73,7 @@ enum Relayed {
 }
 
 /// A provider that has sent its first event; the request is committed to it.
-struct Answer {
+struct StartedStream {
     peer: PeerId,
     stream: ProviderStream<libp2p::Stream>,
     first: Option<Relayed>,
@@ -103,11 +103,11 @@ async fn complete(state: GatewayState, request_id: String, request: Request) -> 
     let ranked = rank(&chat.model, candidates, &state.reputation.snapshot(), estimate);
 
     let infer = InferRequest { request_id, model: chat.model.clone(), api: Api::OpenAiChat, body: body.to_vec(), voucher: None };
-    let Some(answer) = start_with_failover(&state, &ranked, &infer).await else {
+    let Some(provider) = start_with_failover(&state, &ranked, &infer).await else {
         return Err(ApiError::NoProviderAvailable { model: chat.model, attempts: ranked.len().min(MAX_ATTEMPTS) });
     };
 
-    if chat.stream { Ok(stream_answer(state, answer, chat)) } else { collect_answer(state, answer, chat).await }
+    if chat.stream { Ok(relay_as_events(state, provider, chat)) } else { collect_completion(state, provider, chat).await }
 }
 
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -123,11 +123,11 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 }
 
 /// Tries the candidates in order until one sends its first event.
-async fn start_with_failover(state: &GatewayState, ranked: &[Candidate], request: &InferRequest) -> Option<Answer> {
+async fn start_with_failover(state: &GatewayState, ranked: &[Candidate], request: &InferRequest) -> Option<StartedStream> {
     for candidate in ranked.iter().take(MAX_ATTEMPTS) {
         tracing::Span::current().record("peer", tracing::field::display(candidate.peer));
         match attempt(state, candidate, request).await {
-            Ok(answer) => return Some(answer),
+            Ok(provider) => return Some(provider),
             Err(failure) => {
                 tracing::warn!(peer = %candidate.peer, kind = ?failure.kind, reason = %failure.message, "Provider failed before the first chunk; trying the next");
                 record_failure(state, candidate.peer, failure.kind, false).await;
@@ -139,7 +139,7 @@ async fn start_with_failover(state: &GatewayState, ranked: &[Candidate], request
 
 /// Opens a stream, sends the request and waits for the first event, all within the
 /// first-chunk timeout.
-async fn attempt(state: &GatewayState, candidate: &Candidate, request: &InferRequest) -> Result<Answer, Failure> {
+async fn attempt(state: &GatewayState, candidate: &Candidate, request: &InferRequest) -> Result<StartedStream, Failure> {
     let started_at = Instant::now();
     let timeout = state.config.first_chunk_timeout;
     let first = async {
@@ -155,7 +155,7 @@ async fn attempt(state: &GatewayState, candidate: &Candidate, request: &InferReq
     match tokio::time::timeout(timeout, first).await {
         Err(_) => Err(Failure::new(FailureKind::Timeout, format!("no first chunk within {} s", timeout.as_secs_f64()))),
         Ok(Err(failure)) => Err(failure),
-        Ok(Ok((stream, first))) => Ok(Answer { peer: candidate.peer, stream, first: Some(first), started_at, first_at: Instant::now() }),
+        Ok(Ok((stream, first))) => Ok(StartedStream { peer: candidate.peer, stream, first: Some(first), started_at, first_at: Instant::now() }),
     }
 }
 
@@ -191,15 +191,15 @@ async fn record_failure(state: &GatewayState, peer: PeerId, kind: FailureKind, a
     }
 }
 
-fn record_success(state: &GatewayState, answer: &Answer, output_tokens: Option<u64>) {
-    let time_to_first_chunk = answer.first_at.duration_since(answer.started_at);
-    let streaming_secs = answer.first_at.elapsed().as_secs_f64();
+fn record_success(state: &GatewayState, provider: &StartedStream, output_tokens: Option<u64>) {
+    let time_to_first_chunk = provider.first_at.duration_since(provider.started_at);
+    let streaming_secs = provider.first_at.elapsed().as_secs_f64();
     let tokens_per_second = output_tokens.filter(|_| streaming_secs > 0.0).map(|tokens| tokens as f64 / streaming_secs);
-    tracing::info!(peer = %answer.peer, ttft_ms = time_to_first_chunk.as_millis() as u64, output_tokens, "Provider answered");
-    state.reputation.record(answer.peer, Outcome::Success { time_to_first_chunk, tokens_per_second });
+    tracing::info!(peer = %provider.peer, ttft_ms = time_to_first_chunk.as_millis() as u64, output_tokens, "Provider completed the response");
+    state.reputation.record(provider.peer, Outcome::Success { time_to_first_chunk, tokens_per_second });
 }
 
-impl Answer {
+impl StartedStream {
     async fn next(&mut self, timeout: std::time::Duration) -> Result<Relayed, Failure> {
         match self.first.take() {
             Some(first) => Ok(first),
@@ -208,10 +208,10 @@ impl Answer {
     }
 }
 
-/// Relays the answer as server-sent events, ending with `data: [DONE]`, or with an error
-/// event if the provider fails on the way.
-fn stream_answer(state: GatewayState, answer: Answer, chat: ChatRequest) -> Response {
-    let relay = Relay { state, answer, model: chat.model, include_usage: chat.include_usage, output_tokens: None, finished: false, span: tracing::Span::current() };
+/// Relays the provider's response as server-sent events, ending with `data: [DONE]`, or with
+/// an error event if the provider fails on the way.
+fn relay_as_events(state: GatewayState, provider: StartedStream, chat: ChatRequest) -> Response {
+    let relay = Relay { state, provider, model: chat.model, include_usage: chat.include_usage, output_tokens: None, finished: false, span: tracing::Span::current() };
     let events = futures::stream::unfold(relay, |mut relay| async move {
         let event = relay.next_event().await?;
         Some((Ok::<_, Infallible>(event), relay))
@@ -225,7 +225,7 @@ fn stream_answer(state: GatewayState, answer: Answer, chat: ChatRequest) -> Resp
 
 struct Relay {
     state: GatewayState,
-    answer: Answer,
+    provider: StartedStream,
     model: String,
     include_usage: bool,
     output_tokens: Option<u64>,
@@ -234,14 +234,14 @@ struct Relay {
 }
 
 impl Relay {
-    /// The next server-sent event for the client, or `None` after the last one.
+    /// Returns the next server-sent event for the client, or `None` after the last one.
     async fn next_event(&mut self) -> Option<Bytes> {
         if self.finished {
             return None;
         }
         let idle = self.state.config.idle_timeout;
         loop {
-            match self.answer.next(idle).instrument(self.span.clone()).await {
+            match self.provider.next(idle).instrument(self.span.clone()).await {
                 Ok(Relayed::Chunk { raw, json }) => {
                     if let Some(event) = chunk_event(raw, json, self.include_usage) {
                         return Some(event);
@@ -250,13 +250,13 @@ impl Relay {
                 Ok(Relayed::Usage(receipt)) => self.output_tokens = Some(receipt.output_tokens),
                 Ok(Relayed::Done) => {
                     self.finished = true;
-                    self.span.in_scope(|| record_success(&self.state, &self.answer, self.output_tokens));
+                    self.span.in_scope(|| record_success(&self.state, &self.provider, self.output_tokens));
                     return Some(Bytes::from_static(b"data: [DONE]\n\n"));
                 }
                 Err(failure) => {
                     self.finished = true;
-                    self.span.in_scope(|| tracing::warn!(peer = %self.answer.peer, kind = ?failure.kind, reason = %failure.message, "Provider failed mid-stream"));
-                    record_failure(&self.state, self.answer.peer, failure.kind, true).instrument(self.span.clone()).await;
+                    self.span.in_scope(|| tracing::warn!(peer = %self.provider.peer, kind = ?failure.kind, reason = %failure.message, "Provider failed mid-stream"));
+                    record_failure(&self.state, self.provider.peer, failure.kind, true).instrument(self.span.clone()).await;
                     return Some(ApiError::ProviderFailed { model: self.model.clone(), message: failure.message }.sse_event());
                 }
             }
@@ -292,24 +292,24 @@ fn chunk_event(raw: Vec<u8>, mut json: Value, include_usage: bool) -> Option<Byt
     Some(Bytes::from(event))
 }
 
-/// Reads the whole answer and returns it as one `chat.completion`.
-async fn collect_answer(state: GatewayState, mut answer: Answer, chat: ChatRequest) -> Result<Response, ApiError> {
+/// Reads the whole response and returns it as one `chat.completion`.
+async fn collect_completion(state: GatewayState, mut provider: StartedStream, chat: ChatRequest) -> Result<Response, ApiError> {
     let idle = state.config.idle_timeout;
     let mut chunks = Vec::new();
     let mut receipt = None;
     loop {
-        match answer.next(idle).await {
+        match provider.next(idle).await {
             Ok(Relayed::Chunk { json, .. }) => chunks.push(json),
             Ok(Relayed::Usage(usage)) => receipt = Some(usage),
             Ok(Relayed::Done) => break,
             Err(failure) => {
-                tracing::warn!(peer = %answer.peer, kind = ?failure.kind, reason = %failure.message, "Provider failed mid-answer");
-                record_failure(&state, answer.peer, failure.kind, true).await;
+                tracing::warn!(peer = %provider.peer, kind = ?failure.kind, reason = %failure.message, "Provider failed mid-response");
+                record_failure(&state, provider.peer, failure.kind, true).await;
                 return Err(ApiError::ProviderFailed { model: chat.model, message: failure.message });
             }
         }
     }
-    record_success(&state, &answer, receipt.as_ref().map(|r| r.output_tokens));
+    record_success(&state, &provider, receipt.as_ref().map(|r| r.output_tokens));
 
     let mut completion = aggregate_chunks(&chunks);
     if completion["usage"].is_null()
@@ -376,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn usage_on_content_chunk_is_removed_when_not_requested() {
+    fn content_chunk_usage_removed_unless_requested() {
         let raw = r#"{"id":"x","choices":[{"index":0,"delta":{"content":"!"}}],"usage":{"total_tokens":3},"tail":true}"#;
         let text = event_text(raw, false).unwrap();
         assert_eq!(text, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"}}],\"tail\":true}\n\n");

@@ -10,7 +10,7 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Default time a provider has to send its first chunk, from the start of the attempt.
 pub const DEFAULT_FIRST_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default maximum silence between two frames once a provider has started answering.
+/// Default maximum silence between two frames after a provider's first chunk.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default time allowed for finding providers in the DHT and fetching their offers.
 pub const DEFAULT_DHT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -39,7 +39,7 @@ pub enum GatewayError {
     Store {
         /// Path of the redb file.
         path: PathBuf,
-        /// What failed, and what to do about it.
+        /// Cause of the failure and the next step to take.
         reason: String,
     },
     /// The API key file is unusable.
@@ -47,7 +47,7 @@ pub enum GatewayError {
     ApiKey {
         /// Path of the key file.
         path: PathBuf,
-        /// What is wrong, and what to do about it.
+        /// The problem and the next step to take.
         reason: String,
     },
     /// A setting has a value the gateway cannot work with.
@@ -82,7 +82,7 @@ pub(crate) enum ApiError {
     InvalidParameter {
         /// The field name.
         param: &'static str,
-        /// What is wrong with it.
+        /// The problem with the value.
         message: String,
     },
     /// No provider on the network offers the model.
@@ -102,17 +102,17 @@ pub(crate) enum ApiError {
         /// How many providers were tried.
         attempts: usize,
     },
-    /// The chosen provider failed after it started answering.
+    /// The chosen provider failed after its first chunk.
     ProviderFailed {
         /// The requested model id.
         model: String,
-        /// What went wrong.
+        /// The cause.
         message: String,
     },
 }
 
 impl ApiError {
-    /// The HTTP status code for this error.
+    /// Returns the HTTP status code for this error.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
@@ -125,7 +125,7 @@ impl ApiError {
         }
     }
 
-    /// The OpenAI error body: `{"error":{"message","type","param","code"}}`.
+    /// Builds the OpenAI error body: `{"error":{"message","type","param","code"}}`.
     pub(crate) fn body(&self) -> Value {
         let (message, kind, param, code) = match self {
             Self::MissingApiKey => (
@@ -169,13 +169,13 @@ impl ApiError {
             ),
             Self::UnknownRoute { path } => (format!("Unknown request URL: {path}."), "invalid_request_error", None, "unknown_url"),
             Self::NoProviderAvailable { model, attempts } => (
-                format!("No provider could serve the model '{model}': all {attempts} tried failed before answering. Retry later."),
+                format!("No provider could serve the model '{model}': all {attempts} tried failed before sending a response. Retry later."),
                 "server_error",
                 None,
                 "no_provider_available",
             ),
             Self::ProviderFailed { model, message } => (
-                format!("The provider serving '{model}' failed while answering: {message}."),
+                format!("The provider serving '{model}' failed mid-response: {message}."),
                 "server_error",
                 None,
                 "provider_failed",
@@ -184,7 +184,7 @@ impl ApiError {
         json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
     }
 
-    /// The error as one server-sent event, for failures after a stream has started.
+    /// Formats the error as one server-sent event, for failures after a stream has started.
     pub(crate) fn sse_event(&self) -> Bytes {
         Bytes::from(format!("data: {}\n\n", self.body()))
     }

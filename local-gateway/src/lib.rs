@@ -1,5 +1,5 @@
 //! The spare buyer gateway: an OpenAI-compatible HTTP server on loopback that sends each
-//! request to a provider on the spare network and relays the answer.
+//! request to a provider on the spare network and relays the response.
 //!
 //! - [`server`]: routes, the origin and API key checks, and [`serve`], the entry point.
 //! - [`chat`](crate::chat): `POST /v1/chat/completions`, failover and relaying (start here).

@@ -3,7 +3,7 @@
 //!
 //! Every protocol violation becomes a [`Failure`] of kind [`FailureKind::Malformed`], so the
 //! caller can penalise the provider. Whether other failures count as before or after the first
-//! chunk is decided by the caller, which knows which phase it is in.
+//! chunk is decided by the caller, which tracks the phase.
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use spare_gossip::{Api, Error as ProtocolError, InferRequest, ResponseFrame, fra
 
 use crate::reputation::FailureKind;
 
-/// Why an attempt to use a provider failed.
+/// The reason an attempt to use a provider failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     /// The kind, as counted in the provider's reputation.
@@ -35,7 +35,7 @@ pub enum Event {
     Chunk(Vec<u8>),
     /// The provider's signed token counts, with a verified signature.
     Usage(UsageReceipt),
-    /// The answer is complete.
+    /// The response is complete.
     Done,
 }
 
@@ -98,7 +98,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ProviderStream<S> {
                 self.phase = Phase::Streaming;
                 Ok(None)
             }
-            (Phase::AwaitingStarted, ResponseFrame::Started { api }) => malformed(format!("answer in dialect {api:?}, but OpenAI chat was requested")),
+            (Phase::AwaitingStarted, ResponseFrame::Started { api }) => malformed(format!("response in dialect {api:?}, but OpenAI chat was requested")),
             (Phase::AwaitingStarted, other) => malformed(format!("{} before Started", frame_name(&other))),
             (Phase::Streaming, ResponseFrame::Chunk { data }) => Ok(Some(Event::Chunk(data))),
             (Phase::Streaming, ResponseFrame::Usage(receipt)) => {

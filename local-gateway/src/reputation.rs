@@ -2,8 +2,8 @@
 //! for ranking and persisted in redb (table [`PEERS_TABLE`]).
 //!
 //! Requests update the in-memory numbers and mark the peer dirty. One writer thread owns all
-//! writes: it wakes on each update and commits every dirty peer in one transaction, so requests
-//! never wait on the disk. An update reaches the disk within one commit after it is made, and
+//! writes: it wakes on each update and commits every dirty peer in one transaction, so no request
+//! waits for disk i/o. An update reaches the disk within one commit after it is made, and
 //! [`ReputationStore::close`] commits the last ones before it returns.
 
 use std::collections::{HashMap, HashSet};
@@ -27,7 +27,7 @@ const EWMA_WEIGHT: f64 = 0.3;
 /// Pending wake-ups for the writer; one is enough because each write takes every dirty peer.
 const WRITER_CHANNEL_CAPACITY: usize = 4;
 
-/// How a request to a provider went wrong.
+/// The kind of a failed request to a provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
@@ -59,7 +59,7 @@ pub struct FailureCounts {
 }
 
 impl FailureCounts {
-    /// The sum over all kinds.
+    /// Returns the sum over all kinds.
     pub fn total(&self) -> u64 {
         self.unreachable + self.refused + self.timeout + self.malformed + self.mid_stream
     }
@@ -76,7 +76,7 @@ impl FailureCounts {
     }
 }
 
-/// What the gateway has measured about one provider.
+/// Measured statistics of one provider.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PeerStats {
     /// Requests completed with a valid receipt.
@@ -102,7 +102,7 @@ impl PeerStats {
 /// The result of one request to a provider.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Outcome {
-    /// The provider answered completely.
+    /// The provider sent its whole response.
     Success {
         /// Time from the start of the attempt to the first chunk.
         time_to_first_chunk: Duration,
@@ -176,12 +176,12 @@ impl ReputationStore {
         let _ = self.writer_messages.try_send(WriterMessage::Wake);
     }
 
-    /// The numbers of one peer.
+    /// Returns the statistics of one peer.
     pub fn get(&self, peer: &PeerId) -> Option<PeerStats> {
         self.shared.stats.lock().ok().and_then(|stats| stats.get(peer).cloned())
     }
 
-    /// The numbers of every known peer.
+    /// Returns the statistics of every known peer.
     pub fn snapshot(&self) -> HashMap<PeerId, PeerStats> {
         self.shared.stats.lock().map(|stats| stats.clone()).unwrap_or_default()
     }
@@ -366,7 +366,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn second_open_of_same_file_fails_while_first_is_open() {
+    async fn second_open_of_file_fails() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.redb");
         let store = ReputationStore::open(&path).unwrap();

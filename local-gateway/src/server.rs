@@ -79,7 +79,7 @@ pub fn router(state: GatewayState) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/spare/v1/providers", get(providers))
         .fallback(unknown_route)
-        // The chat handler reads the body itself, to answer 413 in OpenAI's error shape.
+        // The chat handler reads the body itself, to return 413 in OpenAI's error shape.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), check_api_key))
         .layer(middleware::from_fn_with_state(state.clone(), check_origin))
@@ -152,7 +152,7 @@ async fn trace_request(mut request: Request, next: Next) -> Response {
 
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
-    span.in_scope(|| tracing::info!(status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "Answered request"));
+    span.in_scope(|| tracing::info!(status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "Sent response"));
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -213,7 +213,7 @@ async fn models(State(state): State<GatewayState>) -> axum::Json<Value> {
     axum::Json(json!({ "object": "list", "data": data }))
 }
 
-/// Every peer with a current offer or stored reputation, with its numbers.
+/// Lists every peer with a current offer or stored reputation, with its statistics.
 async fn providers(State(state): State<GatewayState>) -> axum::Json<Value> {
     let now = now_ms();
     let offers: HashMap<PeerId, Offer> = state.network.with_book(|book| {

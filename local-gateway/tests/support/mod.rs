@@ -2,7 +2,7 @@
 //! real providers (`spare_node` in front of a scripted upstream), a hand-written rogue provider
 //! for protocol violations that a real node never commits, and the gateway itself.
 
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -227,7 +227,7 @@ impl Gateway {
         Self { peer, url, stop: Some(stop), task: Some(task) }
     }
 
-    /// Waits until the gateway holds an offer of [`MODEL`] from each of `providers`.
+    /// Waits until the gateway has an offer of [`MODEL`] from each of `providers`.
     pub async fn wait_for_offers(&self, providers: &[PeerId]) {
         wait_for("the providers' offers", || {
             let held: Vec<PeerId> = self.peer.handle.with_book(|book| book.providers_of(MODEL, now_ms())).into_iter().map(|(peer, _)| peer).collect();
@@ -261,7 +261,7 @@ impl Gateway {
         response.json().await.unwrap()
     }
 
-    /// The entry of `peer` in `GET /spare/v1/providers`.
+    /// Returns the entry of `peer` in `GET /spare/v1/providers`.
     pub async fn provider_entry(&self, peer: PeerId) -> Value {
         let providers = self.get_json("/spare/v1/providers").await;
         let id = peer.to_string();
@@ -311,7 +311,7 @@ pub fn streamed_text(events: &[SseEvent]) -> String {
         .collect()
 }
 
-/// A minimal chat request for [`MODEL`].
+/// Builds a minimal chat request for [`MODEL`].
 pub fn chat_body(stream: bool) -> Value {
     serde_json::json!({ "model": MODEL, "messages": [{ "role": "user", "content": "Hi" }], "stream": stream })
 }
