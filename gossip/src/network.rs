@@ -36,6 +36,8 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
 const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(60);
 /// Concurrent offer requests served before new ones are dropped.
 const MAX_OFFER_REQUESTS_IN_FLIGHT: usize = 32;
+/// Minimum time between republishing our offer for newly subscribed peers.
+const MIN_REPUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 /// Capacity of the command channel from handles to the event loop.
 const COMMAND_CHANNEL_CAPACITY: usize = 64;
 
@@ -105,6 +107,7 @@ pub struct Network {
     weak_commands: mpsc::WeakSender<Command>,
     finds: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
     offer_requests: Arc<Semaphore>,
+    last_republish: Option<tokio::time::Instant>,
 }
 
 /// A cloneable handle to the running [`Network`].
@@ -148,6 +151,7 @@ impl Network {
             weak_commands: handle.commands.downgrade(),
             finds: HashMap::new(),
             offer_requests: Arc::new(Semaphore::new(MAX_OFFER_REQUESTS_IN_FLIGHT)),
+            last_republish: None,
         };
         Ok((network, handle))
     }
@@ -283,8 +287,10 @@ impl Network {
     }
 
     fn on_gossipsub(&mut self, event: gossipsub::Event) {
-        let gossipsub::Event::Message { propagation_source, message_id, message } = event else {
-            return;
+        let (propagation_source, message_id, message) = match event {
+            gossipsub::Event::Message { propagation_source, message_id, message } => (propagation_source, message_id, message),
+            gossipsub::Event::Subscribed { peer_id, .. } => return self.republish_for_new_subscriber(peer_id),
+            _ => return,
         };
 
         let now = now_ms();
@@ -304,6 +310,23 @@ impl Network {
             }
         };
         self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&message_id, &propagation_source, acceptance);
+    }
+
+    /// Publishes our current offer again when a peer joins the topic, so that it reaches the
+    /// rest of the network through that peer within seconds instead of at the next round.
+    /// Rate-limited, so peers that subscribe over and over cannot make us flood the topic.
+    fn republish_for_new_subscriber(&mut self, peer: PeerId) {
+        let Some(offer) = self.shared.own_offer.read().ok().and_then(|own| own.clone()) else {
+            return;
+        };
+        if self.last_republish.is_some_and(|at| at.elapsed() < MIN_REPUBLISH_INTERVAL) {
+            return;
+        }
+        self.last_republish = Some(tokio::time::Instant::now());
+        tracing::debug!(%peer, "Republishing offer for a new subscriber");
+        if let Err(e) = self.publish(offer) {
+            tracing::debug!(error = %e, "Cannot republish offer");
+        }
     }
 
     fn insert_offer(&mut self, verified: VerifiedOffer, now: u64) -> InsertOutcome {

@@ -138,3 +138,21 @@ async fn forged_offer_is_not_accepted() {
     wait_for("the forger's own offer", || price_seen(&gateway, &forger, "m5")).await;
     assert_eq!(price_seen(&gateway, &victim, "m4"), None);
 }
+
+#[tokio::test]
+async fn late_joining_provider_is_seen_within_seconds() {
+    let relay = start_peer(vec![]).await;
+    let relay_addr = address_of(&relay).await;
+    let gateway = start_peer(vec![relay_addr.clone()]).await;
+    wait_for("the gateway connected to the relay", || (!relay.handle.connected_peers().is_empty()).then_some(())).await;
+
+    // The provider signs its offer before it has any peer, as a node does at start.
+    let provider = start_peer(vec![]).await;
+    address_of(&provider).await;
+    provider.handle.publish_offer(offer_for(&provider, 1, "m6", 9)).await.unwrap();
+    let joined = std::time::Instant::now();
+    provider.handle.dial(relay_addr).await.unwrap();
+
+    wait_for("the late provider's offer", || price_seen(&gateway, &provider, "m6")).await;
+    assert!(joined.elapsed() < Duration::from_secs(5), "took {:?}", joined.elapsed());
+}
