@@ -71,7 +71,7 @@ impl Provider {
             .try_acquire_owned()
             .map_err(|_| Refusal::new(ErrorCode::Busy, format!("provider is at its limit of {} concurrent requests", self.settings.max_concurrent)))?;
 
-        let upstream = &self.upstreams[entry.upstream];
+        let upstream = self.upstreams.get(entry.upstream).ok_or_else(|| Refusal::new(ErrorCode::Internal, "catalog names an unknown upstream"))?;
         let response = upstream.chat_completions(body).await.map_err(upstream_refusal)?;
         write(stream, &ResponseFrame::Started { api: Api::OpenAiChat }).await?;
 
