@@ -1,6 +1,6 @@
 //! End-to-end tests: an HTTP client, the gateway, real swarms on loopback and real providers
-//! (`spare_node` in front of a scripted upstream), plus a rogue provider for protocol
-//! violations. Failing providers are priced lower than good ones, so they are tried first.
+//! (`spare_node` in front of a scripted upstream), plus hand-written providers for protocol
+//! violations and for the DHT path. Failing providers are priced lower than good ones, so they are tried first.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use spare_gossip::offer::now_ms;
 use spare_testkit::{FailureMode, Script, ToolCallScript};
-use support::{API_KEY, Gateway, MODEL, NodeProvider, Rogue, RogueProvider, chat_body, read_events, streamed_text};
+use support::{API_KEY, Gateway, MODEL, NodeProvider, MANUAL_TEXT, Manual, ManualProvider, chat_body, read_events, streamed_text};
 
 const CHEAP: u64 = 1;
 const EXPENSIVE: u64 = 10;
@@ -84,7 +84,7 @@ async fn usage_chunk_is_relayed_when_requested() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn non_streaming_answer_is_aggregated() {
+async fn non_streaming_response_is_aggregated() {
     let dir = tempfile::tempdir().unwrap();
     let tool = ToolCallScript::new("get_weather", r#"{"city":"Oslo","unit":"celsius"}"#).with_fragment_chars(5);
     let provider = NodeProvider::start(script().with_tool_call(tool), EXPENSIVE).await;
@@ -162,31 +162,31 @@ async fn failover_when_provider_sends_no_first_chunk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_when_provider_is_unreachable() {
     let dir = tempfile::tempdir().unwrap();
-    let mut gone = NodeProvider::start(script(), CHEAP).await;
+    let mut unreachable = NodeProvider::start(script(), CHEAP).await;
     let good = NodeProvider::start(script(), EXPENSIVE).await;
-    let gateway = Gateway::start(&[&gone.peer, &good.peer], dir.path(), |_| {}).await;
-    gateway.wait_for_offers(&[gone.peer_id(), good.peer_id()]).await;
+    let gateway = Gateway::start(&[&unreachable.peer, &good.peer], dir.path(), |_| {}).await;
+    gateway.wait_for_offers(&[unreachable.peer_id(), good.peer_id()]).await;
 
-    gone.stop().await;
-    support::wait_for("the connection to close", || (!gateway.peer.handle.connected_peers().contains(&gone.peer_id())).then_some(())).await;
-    assert!(gateway.peer.handle.with_book(|book| book.contains(&gone.peer_id(), now_ms())), "offer should outlive the connection");
+    unreachable.stop().await;
+    support::wait_for("the connection to close", || (!gateway.peer.handle.connected_peers().contains(&unreachable.peer_id())).then_some(())).await;
+    assert!(gateway.peer.handle.with_book(|book| book.contains(&unreachable.peer_id(), now_ms())), "offer should outlive the connection");
 
     assert_chat_works(&gateway, &good).await;
-    let entry = gateway.provider_entry(gone.peer_id()).await;
+    let entry = gateway.provider_entry(unreachable.peer_id()).await;
     assert_eq!(entry["reputation"]["failures"]["unreachable"], 1);
-    assert!(!gateway.peer.handle.with_book(|book| book.contains(&gone.peer_id(), now_ms())), "offer of an unreachable provider was kept");
+    assert!(!gateway.peer.handle.with_book(|book| book.contains(&unreachable.peer_id(), now_ms())), "offer of an unreachable provider was kept");
 
-    // With the offer gone, the next request goes straight to the good provider.
+    // With the offer unreachable, the next request goes straight to the good provider.
     assert_chat_works(&gateway, &good).await;
-    let entry = gateway.provider_entry(gone.peer_id()).await;
+    let entry = gateway.provider_entry(unreachable.peer_id()).await;
     assert_eq!(entry["reputation"]["failures"]["unreachable"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_provider_is_penalised() {
     let dir = tempfile::tempdir().unwrap();
-    let garbage = RogueProvider::start(Rogue::GarbageFrame, CHEAP).await;
-    let disordered = RogueProvider::start(Rogue::ChunkBeforeStarted, CHEAP + 1).await;
+    let garbage = ManualProvider::start(Manual::GarbageFrame, CHEAP).await;
+    let disordered = ManualProvider::start(Manual::ChunkBeforeStarted, CHEAP + 1).await;
     let good = NodeProvider::start(script(), EXPENSIVE).await;
     let gateway = Gateway::start(&[&garbage.peer, &disordered.peer, &good.peer], dir.path(), |_| {}).await;
     gateway.wait_for_offers(&[garbage.peer_id(), disordered.peer_id(), good.peer_id()]).await;
@@ -364,4 +364,39 @@ async fn reputation_survives_gateway_restart() {
     let restarted = Gateway::start(&[], dir.path(), |_| {}).await;
     let after = restarted.provider_entry(provider.peer_id()).await["reputation"].clone();
     assert_eq!(after, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_found_through_the_dht() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = support::Peer::start(vec![]).await;
+    let relay_addr = relay.address().await.with(libp2p::multiaddr::Protocol::P2p(relay.peer_id()));
+    let provider = ManualProvider::start(Manual::Honest, CHEAP).await;
+    provider.peer.handle.dial(relay_addr.clone()).await.unwrap();
+    support::wait_for("the provider to reach the relay", || relay.handle.connected_peers().contains(&provider.peer_id()).then_some(())).await;
+    provider.peer.handle.start_providing(MODEL.into()).await.unwrap();
+
+    let gateway = Gateway::start(&[&relay], dir.path(), |_| {}).await;
+    support::wait_for("the gateway to reach the relay", || relay.handle.connected_peers().contains(&gateway.peer.peer_id()).then_some(())).await;
+    // Kademlia's bootstrap connects the gateway to the provider, which hands over its offer.
+    // Dropping that offer leaves the DHT provider record as the only way to find the model.
+    gateway.wait_for_offers(&[provider.peer_id()]).await;
+    gateway.peer.handle.with_book(|book| book.remove(&provider.peer_id()));
+    assert!(gateway.peer.handle.with_book(|book| book.providers_of(MODEL, now_ms()).is_empty()));
+
+    // The provider record may still be on its way to the relay, so 404 is retried for a while.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let response = loop {
+        let response = gateway.post_chat(&chat_body(false)).send().await.unwrap();
+        if response.status() != StatusCode::NOT_FOUND {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "the gateway never found the provider in the DHT");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(response.status(), StatusCode::OK);
+    let completion: Value = response.json().await.unwrap();
+    assert_eq!(completion["choices"][0]["message"]["content"], MANUAL_TEXT);
+    assert_eq!(completion["usage"]["completion_tokens"], 2, "usage comes from the receipt when no chunk has it");
+    assert!(gateway.peer.handle.with_book(|book| book.contains(&provider.peer_id(), now_ms())));
 }

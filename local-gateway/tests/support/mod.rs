@@ -1,6 +1,6 @@
 //! Helpers for the end-to-end tests: real swarms on 127.0.0.1 (mDNS off, explicit bootstrap),
-//! real providers (`spare_node` in front of a scripted upstream), a hand-written rogue provider
-//! for protocol violations that a real node never commits, and the gateway itself.
+//! real providers (`spare_node` in front of a scripted upstream), a hand-written provider for
+//! protocol violations that a real node never commits, and the gateway itself.
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use spare_gateway::{GatewayConfig, GatewayError, serve_on};
 use spare_gossip::identity::Identity;
-use spare_gossip::infer::MAX_REQUEST_FRAME_BYTES;
+use spare_gossip::infer::{MAX_REQUEST_FRAME_BYTES, MAX_RESPONSE_FRAME_BYTES, UsageReceipt};
 use spare_gossip::offer::{OFFER_VERSION, now_ms};
 use spare_gossip::{Api, INFER_PROTOCOL, InferRequest, ModelOffer, Multiaddr, Network, NetworkConfig, NetworkHandle, Offer, PeerId, ResponseFrame, framing};
 use spare_node::{NodeSettings, Price};
@@ -130,23 +130,31 @@ impl Drop for NodeProvider {
     }
 }
 
-/// How the rogue provider breaks the protocol after it reads the request.
+/// What a hand-written provider does after it reads the request.
 #[derive(Debug, Clone, Copy)]
-pub enum Rogue {
+pub enum Manual {
+    /// Follows the protocol: `Started`, two chunks, a signed receipt, `Done`.
+    Honest,
     /// `Started`, then a frame whose bytes are not CBOR.
     GarbageFrame,
     /// A `Chunk` without `Started` first.
     ChunkBeforeStarted,
 }
 
-/// A provider that publishes a valid offer and then breaks the stream protocol.
-pub struct RogueProvider {
+/// The text the honest hand-written provider streams.
+pub const MANUAL_TEXT: &str = "Hello from the DHT";
+
+/// A provider written by hand on the stream protocol, for protocol violations a real node never
+/// commits and for an offer that reaches no one by gossip.
+pub struct ManualProvider {
     pub peer: Peer,
     task: JoinHandle<()>,
 }
 
-impl RogueProvider {
-    pub async fn start(behaviour: Rogue, price: u64) -> Self {
+impl ManualProvider {
+    /// Starts the provider and publishes its offer before it connects to anyone, so peers learn
+    /// the offer only by fetching it.
+    pub async fn start(behaviour: Manual, price: u64) -> Self {
         let peer = Peer::start(vec![]).await;
         let address = peer.address().await;
         let offer = Offer {
@@ -163,18 +171,35 @@ impl RogueProvider {
         peer.handle.publish_offer(offer.sign(&peer.identity.signing_key).unwrap()).await.unwrap();
 
         let mut incoming = peer.handle.accept(INFER_PROTOCOL).unwrap();
+        let key = peer.identity.signing_key.clone();
         let task = tokio::spawn(async move {
             while let Some((_, mut stream)) = incoming.next().await {
+                let key = key.clone();
                 tokio::spawn(async move {
-                    let _: InferRequest = framing::read_frame(&mut stream, MAX_REQUEST_FRAME_BYTES).await.unwrap();
-                    match behaviour {
-                        Rogue::GarbageFrame => {
-                            framing::write_frame(&mut stream, &ResponseFrame::Started { api: Api::OpenAiChat }, 1024).await.unwrap();
+                    let request: InferRequest = framing::read_frame(&mut stream, MAX_REQUEST_FRAME_BYTES).await.unwrap();
+                    let started = ResponseFrame::Started { api: Api::OpenAiChat };
+                    let frames = match behaviour {
+                        Manual::Honest => {
+                            let chunk = |content: &str| ResponseFrame::Chunk {
+                                data: serde_json::to_vec(&serde_json::json!({
+                                    "id": "chatcmpl-manual", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+                                    "choices": [{ "index": 0, "delta": { "content": content }, "finish_reason": null }],
+                                }))
+                                .unwrap(),
+                            };
+                            let (first, second) = MANUAL_TEXT.split_at(5);
+                            let receipt = UsageReceipt::sign(&key, &request.request_id, MODEL, 3, 2).unwrap();
+                            vec![started, chunk(first), chunk(second), ResponseFrame::Usage(receipt), ResponseFrame::Done]
+                        }
+                        Manual::GarbageFrame => {
+                            framing::write_frame(&mut stream, &started, 1024).await.unwrap();
                             futures::AsyncWriteExt::write_all(&mut stream, &[0, 0, 0, 3, 0xff, 0xfe, 0xfd]).await.unwrap();
+                            vec![]
                         }
-                        Rogue::ChunkBeforeStarted => {
-                            framing::write_frame(&mut stream, &ResponseFrame::Chunk { data: b"{}".to_vec() }, 1024).await.unwrap();
-                        }
+                        Manual::ChunkBeforeStarted => vec![ResponseFrame::Chunk { data: b"{}".to_vec() }],
+                    };
+                    for frame in frames {
+                        framing::write_frame(&mut stream, &frame, MAX_RESPONSE_FRAME_BYTES).await.unwrap();
                     }
                     let _ = futures::AsyncWriteExt::close(&mut stream).await;
                 });
@@ -188,7 +213,7 @@ impl RogueProvider {
     }
 }
 
-impl Drop for RogueProvider {
+impl Drop for ManualProvider {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -230,8 +255,8 @@ impl Gateway {
     /// Waits until the gateway has an offer of [`MODEL`] from each of `providers`.
     pub async fn wait_for_offers(&self, providers: &[PeerId]) {
         wait_for("the providers' offers", || {
-            let held: Vec<PeerId> = self.peer.handle.with_book(|book| book.providers_of(MODEL, now_ms())).into_iter().map(|(peer, _)| peer).collect();
-            providers.iter().all(|p| held.contains(p)).then_some(())
+            let offering: Vec<PeerId> = self.peer.handle.with_book(|book| book.providers_of(MODEL, now_ms())).into_iter().map(|(peer, _)| peer).collect();
+            providers.iter().all(|p| offering.contains(p)).then_some(())
         })
         .await;
     }
