@@ -1,9 +1,9 @@
 //! Assembles the `chat.completion.chunk` events of a streamed response into one
 //! `chat.completion` object, for clients that did not ask for a stream.
 //!
-//! Per choice index: content, refusal and reasoning text are concatenated; tool calls are
-//! assembled by their index (id, type and function name from the first chunk that has them,
-//! arguments concatenated); the last non-null `finish_reason` wins. The response's id,
+//! Per choice index, content, refusal and reasoning text are concatenated, and the last
+//! non-null `finish_reason` wins. Tool calls are assembled by their own index: id, type and
+//! function name come from the first chunk that has them, and arguments are concatenated. The response's id,
 //! created, model and system_fingerprint come from the first chunk that carries them, and
 //! usage from the last chunk that carries it.
 

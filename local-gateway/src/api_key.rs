@@ -71,8 +71,8 @@ pub(crate) fn key_from_headers(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Compares two keys in time that depends only on their lengths, not on where they differ.
-pub(crate) fn keys_match(expected: &str, given: &str) -> bool {
-    expected.as_bytes().ct_eq(given.as_bytes()).into()
+pub(crate) fn keys_match(expected: &str, received: &str) -> bool {
+    expected.as_bytes().ct_eq(received.as_bytes()).into()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 use spare_gossip::infer::UsageReceipt;
-use spare_gossip::{Api, INFER_PROTOCOL, InferRequest, PeerId};
+use spare_gossip::{Api, ErrorCode, INFER_PROTOCOL, InferRequest, PeerId};
 use tracing::Instrument;
 
 use crate::aggregate::aggregate_chunks;
@@ -103,9 +103,7 @@ async fn complete(state: GatewayState, request_id: String, request: Request) -> 
     let ranked = rank(&chat.model, candidates, &state.reputation.snapshot(), estimate);
 
     let infer = InferRequest { request_id, model: chat.model.clone(), api: Api::OpenAiChat, body: body.to_vec(), voucher: None };
-    let Some(provider) = start_with_failover(&state, &ranked, &infer).await else {
-        return Err(ApiError::NoProviderAvailable { model: chat.model, attempts: ranked.len().min(MAX_ATTEMPTS) });
-    };
+    let provider = start_with_failover(&state, &ranked, &infer).await.map_err(|failures| all_failed_error(chat.model.clone(), &failures))?;
 
     if chat.stream { Ok(relay_as_events(state, provider, chat)) } else { collect_completion(state, provider, chat).await }
 }
@@ -122,19 +120,33 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     }
 }
 
-/// Tries the candidates in order until one sends its first event.
-async fn start_with_failover(state: &GatewayState, ranked: &[Candidate], request: &InferRequest) -> Option<StartedStream> {
+/// Tries the candidates in order until one sends its first event; returns every failure if
+/// none does.
+async fn start_with_failover(state: &GatewayState, ranked: &[Candidate], request: &InferRequest) -> Result<StartedStream, Vec<Failure>> {
+    let mut failures = Vec::new();
     for candidate in ranked.iter().take(MAX_ATTEMPTS) {
         tracing::Span::current().record("peer", tracing::field::display(candidate.peer));
         match attempt(state, candidate, request).await {
-            Ok(provider) => return Some(provider),
+            Ok(provider) => return Ok(provider),
             Err(failure) => {
                 tracing::warn!(peer = %candidate.peer, kind = ?failure.kind, reason = %failure.message, "Provider failed before the first chunk; trying the next");
                 record_failure(state, candidate.peer, failure.kind, false).await;
+                failures.push(failure);
             }
         }
     }
-    None
+    Err(failures)
+}
+
+/// Builds the error for a request that no provider started: 400 when every provider rejected the
+/// request itself (as an upstream does with HTTP 4xx, such as a prompt that is too long),
+/// 503 otherwise.
+fn all_failed_error(model: String, failures: &[Failure]) -> ApiError {
+    let all_rejected = !failures.is_empty() && failures.iter().all(|failure| failure.code == Some(ErrorCode::BadRequest));
+    match failures.first() {
+        Some(first) if all_rejected => ApiError::RejectedByProviders { model, message: first.message.clone() },
+        _ => ApiError::NoProviderAvailable { model, attempts: failures.len() },
+    }
 }
 
 /// Opens a stream, sends the request and waits for the first event, all within the
@@ -343,6 +355,22 @@ mod tests {
             let error = ChatRequest::parse(body).unwrap_err();
             assert_eq!(std::mem::discriminant(&error), std::mem::discriminant(&expected), "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn rejection_by_every_provider_is_a_client_error() {
+        let rejected = Failure { kind: FailureKind::Refused, message: "prompt too long".into(), code: Some(ErrorCode::BadRequest) };
+        let busy = Failure { kind: FailureKind::Refused, message: "full".into(), code: Some(ErrorCode::Busy) };
+        let timeout = Failure::new(FailureKind::Timeout, "slow");
+
+        let error = all_failed_error("m".into(), &[rejected.clone(), rejected.clone()]);
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        assert!(error.body()["error"]["message"].as_str().unwrap().contains("prompt too long"));
+
+        let error = all_failed_error("m".into(), &[rejected.clone(), busy]);
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(all_failed_error("m".into(), &[rejected, timeout]).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(all_failed_error("m".into(), &[]).status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

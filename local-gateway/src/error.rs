@@ -102,6 +102,21 @@ pub(crate) enum ApiError {
         /// How many providers were tried.
         attempts: usize,
     },
+    /// Every provider rejected the request itself, for example because the upstream found
+    /// it invalid.
+    RejectedByProviders {
+        /// The requested model id.
+        model: String,
+        /// The first provider's reason.
+        message: String,
+    },
+    /// The route exists but not for this HTTP method.
+    MethodNotAllowed {
+        /// The request method.
+        method: String,
+        /// The request path.
+        path: String,
+    },
     /// The chosen provider failed after its first chunk.
     ProviderFailed {
         /// The requested model id.
@@ -118,7 +133,10 @@ impl ApiError {
             Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
             Self::CrossOrigin { .. } => StatusCode::FORBIDDEN,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyUnreadable(_) | Self::InvalidJson(_) | Self::MissingModel | Self::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
+            Self::BodyUnreadable(_) | Self::InvalidJson(_) | Self::MissingModel | Self::InvalidParameter { .. } | Self::RejectedByProviders { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::ModelNotFound { .. } | Self::UnknownRoute { .. } => StatusCode::NOT_FOUND,
             Self::NoProviderAvailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ProviderFailed { .. } => StatusCode::BAD_GATEWAY,
@@ -168,6 +186,13 @@ impl ApiError {
                 "model_not_found",
             ),
             Self::UnknownRoute { path } => (format!("Unknown request URL: {path}."), "invalid_request_error", None, "unknown_url"),
+            Self::RejectedByProviders { model, message } => (
+                format!("Every provider of '{model}' rejected the request: {message}. Fix the request before retrying."),
+                "invalid_request_error",
+                None,
+                "rejected_by_provider",
+            ),
+            Self::MethodNotAllowed { method, path } => (format!("Method {method} is not allowed on {path}."), "invalid_request_error", None, "method_not_allowed"),
             Self::NoProviderAvailable { model, attempts } => (
                 format!("No provider could serve the model '{model}': all {attempts} tried failed before sending a response. Retry later."),
                 "server_error",
@@ -215,6 +240,8 @@ mod tests {
             ApiError::UnknownRoute { path: "/x".into() },
             ApiError::NoProviderAvailable { model: "m".into(), attempts: 2 },
             ApiError::ProviderFailed { model: "m".into(), message: "closed".into() },
+            ApiError::RejectedByProviders { model: "m".into(), message: "too long".into() },
+            ApiError::MethodNotAllowed { method: "GET".into(), path: "/v1/chat/completions".into() },
         ]
     }
 
@@ -242,6 +269,8 @@ mod tests {
             (ApiError::ModelNotFound { model: "m".into() }, 404),
             (ApiError::NoProviderAvailable { model: "m".into(), attempts: 1 }, 503),
             (ApiError::ProviderFailed { model: "m".into(), message: "x".into() }, 502),
+            (ApiError::RejectedByProviders { model: "m".into(), message: "x".into() }, 400),
+            (ApiError::MethodNotAllowed { method: "GET".into(), path: "/".into() }, 405),
         ];
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error:?}");

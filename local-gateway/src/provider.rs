@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::{AsyncRead, AsyncWrite};
 use spare_gossip::infer::{MAX_REQUEST_FRAME_BYTES, MAX_RESPONSE_FRAME_BYTES, UsageReceipt};
-use spare_gossip::{Api, Error as ProtocolError, InferRequest, ResponseFrame, framing};
+use spare_gossip::{Api, Error as ProtocolError, ErrorCode, InferRequest, ResponseFrame, framing};
 
 use crate::reputation::FailureKind;
 
@@ -18,13 +18,15 @@ use crate::reputation::FailureKind;
 pub struct Failure {
     /// The kind, as counted in the provider's reputation.
     pub kind: FailureKind,
-    /// Detail for logs and for mid-stream error messages; never contains the prompt.
+    /// Detail for logs and for error messages to the client; never contains the prompt.
     pub message: String,
+    /// The provider's error code, when it sent an `Error` frame.
+    pub code: Option<ErrorCode>,
 }
 
 impl Failure {
     pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, message: message.into(), code: None }
     }
 }
 
@@ -92,7 +94,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ProviderStream<S> {
             (Phase::Finished, _) => malformed("frame after Done".into()),
             (_, ResponseFrame::Error { code, message }) => {
                 self.phase = Phase::Finished;
-                Err(Failure::new(FailureKind::Refused, format!("provider error {code:?}: {message}")))
+                Err(Failure { kind: FailureKind::Refused, message: format!("provider error {code:?}: {message}"), code: Some(code) })
             }
             (Phase::AwaitingStarted, ResponseFrame::Started { api: Api::OpenAiChat }) => {
                 self.phase = Phase::Streaming;
@@ -145,7 +147,6 @@ fn frame_name(frame: &ResponseFrame) -> &'static str {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use futures::io::Cursor;
-    use spare_gossip::ErrorCode;
     use spare_gossip::identity::Identity;
 
     use super::*;
@@ -213,6 +214,7 @@ mod tests {
         let mut stream = stream_of(&frames, [0; 32]).await;
         let failure = stream.next_event(TIMEOUT).await.unwrap_err();
         assert_eq!(failure.kind, FailureKind::Refused);
+        assert_eq!(failure.code, Some(ErrorCode::Busy));
         assert!(failure.message.contains("full"), "{}", failure.message);
     }
 

@@ -79,6 +79,7 @@ pub fn router(state: GatewayState) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/spare/v1/providers", get(providers))
         .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
         // The chat handler reads the body itself, to return 413 in OpenAI's error shape.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), check_api_key))
@@ -186,6 +187,10 @@ async fn check_api_key(State(state): State<GatewayState>, request: Request, next
 
 async fn unknown_route(request: Request) -> Response {
     ApiError::UnknownRoute { path: request.uri().path().to_owned() }.into_response()
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    ApiError::MethodNotAllowed { method: request.method().to_string(), path: request.uri().path().to_owned() }.into_response()
 }
 
 async fn health(State(state): State<GatewayState>) -> axum::Json<Value> {

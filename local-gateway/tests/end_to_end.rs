@@ -229,6 +229,23 @@ async fn all_providers_failing_gives_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_rejected_by_every_provider_gives_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = NodeProvider::start(failing_script(FailureMode::HttpStatus(400)), CHEAP).await;
+    let second = NodeProvider::start(failing_script(FailureMode::HttpStatus(422)), EXPENSIVE).await;
+    let gateway = Gateway::start(&[&first.peer, &second.peer], dir.path(), |_| {}).await;
+    gateway.wait_for_offers(&[first.peer_id(), second.peer_id()]).await;
+
+    let response = gateway.post_chat(&chat_body(false)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "rejected_by_provider");
+    assert!(error["message"].as_str().unwrap().contains("HTTP 400"), "{error}");
+    assert_eq!(first.upstream.chat_request_count(), 1);
+    assert_eq!(second.upstream.chat_request_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mid_stream_failure_reaches_the_client() {
     let dir = tempfile::tempdir().unwrap();
     let provider = NodeProvider::start(failing_script(FailureMode::CloseAfterChunks(2)), EXPENSIVE).await;
@@ -308,6 +325,7 @@ async fn bad_client_input_gets_4xx() {
             "cross_origin_forbidden",
         ),
         ("unknown path", client.get(format!("{}/v1/nothing", gateway.url)).bearer_auth(API_KEY), StatusCode::NOT_FOUND, "unknown_url"),
+        ("wrong method", client.get(&chat_url).bearer_auth(API_KEY), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
     ];
 
     for (case, request, status, code) in cases {
