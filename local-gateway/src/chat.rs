@@ -5,7 +5,7 @@
 //! is invisible to the client. The client's body is forwarded byte for byte.
 
 use std::convert::Infallible;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -29,6 +29,10 @@ use crate::server::{GatewayState, RequestId};
 
 /// Maximum number of providers tried for one request, so a request fails in bounded time.
 const MAX_ATTEMPTS: usize = 8;
+/// Maximum time to open a stream, dialling the provider if needed. A dial to a host that
+/// drops packets can hang for minutes, and an unreachable provider should cost less than the
+/// first-chunk timeout.
+const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The fields of a chat request that the gateway itself acts on.
 #[derive(Debug)]
@@ -155,11 +159,11 @@ async fn attempt(state: &GatewayState, candidate: &Candidate, request: &InferReq
     let started_at = Instant::now();
     let timeout = state.config.first_chunk_timeout;
     let first = async {
-        let io = state
-            .network
-            .open_stream(candidate.peer, INFER_PROTOCOL)
-            .await
-            .map_err(|e| Failure::new(FailureKind::Unreachable, e.to_string()))?;
+        let io = match tokio::time::timeout(OPEN_STREAM_TIMEOUT, state.network.open_stream(candidate.peer, INFER_PROTOCOL)).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => return Err(Failure::new(FailureKind::Unreachable, e.to_string())),
+            Err(_) => return Err(Failure::new(FailureKind::Unreachable, format!("no stream opened within {} s", OPEN_STREAM_TIMEOUT.as_secs()))),
+        };
         let mut stream = ProviderStream::send(io, request, candidate.offer.public_key).await?;
         let event = next_relayed(&mut stream, timeout).await?;
         Ok((stream, event))
@@ -171,7 +175,7 @@ async fn attempt(state: &GatewayState, candidate: &Candidate, request: &InferReq
     }
 }
 
-async fn next_relayed(stream: &mut ProviderStream<libp2p::Stream>, timeout: std::time::Duration) -> Result<Relayed, Failure> {
+async fn next_relayed(stream: &mut ProviderStream<libp2p::Stream>, timeout: Duration) -> Result<Relayed, Failure> {
     match stream.next_event(timeout).await? {
         Event::Chunk(raw) => match serde_json::from_slice::<Value>(&raw) {
             Ok(json) if json.is_object() => Ok(Relayed::Chunk { raw, json }),
@@ -212,7 +216,7 @@ fn record_success(state: &GatewayState, provider: &StartedStream, output_tokens:
 }
 
 impl StartedStream {
-    async fn next(&mut self, timeout: std::time::Duration) -> Result<Relayed, Failure> {
+    async fn next(&mut self, timeout: Duration) -> Result<Relayed, Failure> {
         match self.first.take() {
             Some(first) => Ok(first),
             None => next_relayed(&mut self.stream, timeout).await,

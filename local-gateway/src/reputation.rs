@@ -247,6 +247,8 @@ fn load_peers(db: &Database) -> Result<HashMap<PeerId, PeerStats>, redb::Error> 
     Ok(peers)
 }
 
+/// Writes dirty peers on each wake-up until [`ReputationStore::close`], or until every store
+/// handle is dropped, in which case it writes once more and stops.
 fn run_writer(shared: &Shared, mut messages: mpsc::Receiver<WriterMessage>) {
     while let Some(message) = messages.blocking_recv() {
         let result = write_dirty(shared);
@@ -261,6 +263,9 @@ fn run_writer(shared: &Shared, mut messages: mpsc::Receiver<WriterMessage>) {
                 return;
             }
         }
+    }
+    if let Err(e) = write_dirty(shared) {
+        tracing::warn!(path = %shared.path.display(), error = %e, "Cannot write reputation before stopping");
     }
 }
 
@@ -362,6 +367,30 @@ mod tests {
         assert_eq!(reopened.get(&good).unwrap().successes, 2);
         assert_eq!(reopened.get(&bad).unwrap().failures.unreachable, 1);
         assert_eq!(reopened.get(&bad).unwrap().failures.mid_stream, 1);
+        reopened.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn updates_reach_disk_without_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.redb");
+        let provider = peer();
+
+        let store = ReputationStore::open(&path).unwrap();
+        store.record(provider, Outcome::Failure(FailureKind::Refused));
+        drop(store);
+
+        // The writer thread ends on its own once the last handle is gone; reopening fails
+        // until it has released the file.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let reopened = loop {
+            match ReputationStore::open(&path) {
+                Ok(store) => break store,
+                Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(reopened.get(&provider).unwrap().failures.refused, 1);
         reopened.close().await.unwrap();
     }
 
