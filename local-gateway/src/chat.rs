@@ -33,6 +33,8 @@ const MAX_ATTEMPTS: usize = 8;
 /// drops packets can hang for minutes, and an unreachable provider should cost less than the
 /// first-chunk timeout.
 const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Range of the random pause before retrying a provider that dropped the stream, in ms.
+const RETRY_PAUSE_MS: std::ops::Range<u64> = 10..200;
 
 /// The fields of a chat request that the gateway itself acts on.
 #[derive(Debug)]
@@ -125,12 +127,21 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 }
 
 /// Tries the candidates in order until one sends its first event; returns every failure if
-/// none does.
+/// none does. A provider that dropped the stream unread is tried once more, after a random
+/// pause so that a burst of dropped requests does not arrive at once again.
 async fn start_with_failover(state: &GatewayState, ranked: &[Candidate], request: &InferRequest) -> Result<StartedStream, Vec<Failure>> {
     let mut failures = Vec::new();
     for candidate in ranked.iter().take(MAX_ATTEMPTS) {
         tracing::Span::current().record("peer", tracing::field::display(candidate.peer));
-        match attempt(state, candidate, request).await {
+        let mut result = attempt(state, candidate, request).await;
+        if let Err(failure) = &result
+            && failure.dropped_before_start
+        {
+            tracing::debug!(peer = %candidate.peer, reason = %failure.message, "Provider dropped the stream; retrying it once");
+            tokio::time::sleep(Duration::from_millis(rand::random_range(RETRY_PAUSE_MS))).await;
+            result = attempt(state, candidate, request).await;
+        }
+        match result {
             Ok(provider) => return Ok(provider),
             Err(failure) => {
                 tracing::warn!(peer = %candidate.peer, kind = ?failure.kind, reason = %failure.message, "Provider failed before the first chunk; trying the next");
@@ -142,8 +153,8 @@ async fn start_with_failover(state: &GatewayState, ranked: &[Candidate], request
     Err(failures)
 }
 
-/// Builds the error for a request that no provider started: 400 when every provider rejected the
-/// request itself (as an upstream does with HTTP 4xx, such as a prompt that is too long),
+/// Builds the error for a request that no provider started: 400 when every provider rejected
+/// the request itself (as an upstream does with HTTP 4xx, such as a prompt that is too long),
 /// 503 otherwise.
 fn all_failed_error(model: String, failures: &[Failure]) -> ApiError {
     let all_rejected = !failures.is_empty() && failures.iter().all(|failure| failure.code == Some(ErrorCode::BadRequest));
@@ -161,8 +172,8 @@ async fn attempt(state: &GatewayState, candidate: &Candidate, request: &InferReq
     let first = async {
         let io = match tokio::time::timeout(OPEN_STREAM_TIMEOUT, state.network.open_stream(candidate.peer, INFER_PROTOCOL)).await {
             Ok(Ok(io)) => io,
-            Ok(Err(e)) => return Err(Failure::new(FailureKind::Unreachable, e.to_string())),
-            Err(_) => return Err(Failure::new(FailureKind::Unreachable, format!("no stream opened within {} s", OPEN_STREAM_TIMEOUT.as_secs()))),
+            Ok(Err(e)) => return Err(unreachable(state, candidate.peer, e.to_string())),
+            Err(_) => return Err(unreachable(state, candidate.peer, format!("no stream opened within {} s", OPEN_STREAM_TIMEOUT.as_secs()))),
         };
         let mut stream = ProviderStream::send(io, request, candidate.offer.public_key).await?;
         let event = next_relayed(&mut stream, timeout).await?;
@@ -173,6 +184,13 @@ async fn attempt(state: &GatewayState, candidate: &Candidate, request: &InferReq
         Ok(Err(failure)) => Err(failure),
         Ok(Ok((stream, first))) => Ok(StartedStream { peer: candidate.peer, stream, first: Some(first), started_at, first_at: Instant::now() }),
     }
+}
+
+/// Drops the offer of a provider that cannot be reached, so it is not chosen again until it
+/// republishes, and returns the failure.
+fn unreachable(state: &GatewayState, peer: PeerId, message: String) -> Failure {
+    state.network.with_book(|book| book.remove(&peer));
+    Failure::new(FailureKind::Unreachable, message)
 }
 
 async fn next_relayed(stream: &mut ProviderStream<libp2p::Stream>, timeout: Duration) -> Result<Relayed, Failure> {
@@ -186,8 +204,8 @@ async fn next_relayed(stream: &mut ProviderStream<libp2p::Stream>, timeout: Dura
     }
 }
 
-/// Counts a failure in the provider's reputation and acts on it: a malformed frame gets the
-/// provider penalised, and an unreachable provider's offer is dropped until it republishes.
+/// Counts a failure in the provider's reputation, and penalises a provider that sent a
+/// malformed frame.
 async fn record_failure(state: &GatewayState, peer: PeerId, kind: FailureKind, after_first_chunk: bool) {
     let counted = match kind {
         FailureKind::Malformed => FailureKind::Malformed,
@@ -196,14 +214,10 @@ async fn record_failure(state: &GatewayState, peer: PeerId, kind: FailureKind, a
     };
     state.reputation.record(peer, Outcome::Failure(counted));
 
-    match counted {
-        FailureKind::Malformed => {
-            if let Err(e) = state.network.penalize(peer, "sent a malformed inference frame").await {
-                tracing::warn!(%peer, error = %e, "Cannot penalise provider");
-            }
-        }
-        FailureKind::Unreachable => state.network.with_book(|book| book.remove(&peer)),
-        _ => {}
+    if counted == FailureKind::Malformed
+        && let Err(e) = state.network.penalize(peer, "sent a malformed inference frame").await
+    {
+        tracing::warn!(%peer, error = %e, "Cannot penalise provider");
     }
 }
 
@@ -363,8 +377,9 @@ mod tests {
 
     #[test]
     fn rejection_by_every_provider_is_a_client_error() {
-        let rejected = Failure { kind: FailureKind::Refused, message: "prompt too long".into(), code: Some(ErrorCode::BadRequest) };
-        let busy = Failure { kind: FailureKind::Refused, message: "full".into(), code: Some(ErrorCode::Busy) };
+        let refusal = |code, message: &str| Failure { kind: FailureKind::Refused, message: message.into(), code: Some(code), dropped_before_start: false };
+        let rejected = refusal(ErrorCode::BadRequest, "prompt too long");
+        let busy = refusal(ErrorCode::Busy, "full");
         let timeout = Failure::new(FailureKind::Timeout, "slow");
 
         let error = all_failed_error("m".into(), &[rejected.clone(), rejected.clone()]);

@@ -22,11 +22,19 @@ pub struct Failure {
     pub message: String,
     /// The provider's error code, when it sent an `Error` frame.
     pub code: Option<ErrorCode>,
+    /// The stream ended before `Started`, without an error frame. A provider whose inbound
+    /// stream queue is full drops new streams this way (libp2p-stream 0.5 queues one), so the
+    /// provider never saw the request and trying it again is safe.
+    pub dropped_before_start: bool,
 }
 
 impl Failure {
     pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), code: None }
+        Self { kind, message: message.into(), code: None, dropped_before_start: false }
+    }
+
+    fn dropped(message: String) -> Self {
+        Self { kind: FailureKind::Refused, message, code: None, dropped_before_start: true }
     }
 }
 
@@ -64,15 +72,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ProviderStream<S> {
     pub async fn send(mut io: S, request: &InferRequest, public_key: [u8; 32]) -> Result<Self, Failure> {
         framing::write_frame(&mut io, request, MAX_REQUEST_FRAME_BYTES)
             .await
-            .map_err(|e| Failure::new(FailureKind::Unreachable, format!("cannot send the request: {e}")))?;
+            .map_err(|e| Failure::dropped(format!("provider dropped the stream before reading the request: {e}")))?;
         Ok(Self { io, request_id: request.request_id.clone(), public_key, phase: Phase::AwaitingStarted })
     }
 
     /// Reads frames until the next event, each within `timeout`.
     ///
-    /// Connection loss and timeouts are reported as [`FailureKind::Unreachable`] and
-    /// [`FailureKind::Timeout`], an error frame as [`FailureKind::Refused`]; the caller turns
-    /// them into [`FailureKind::MidStream`] once the first chunk has been relayed.
+    /// An error frame, or a stream that ends before `Started`, is reported as
+    /// [`FailureKind::Refused`]. A stream lost later is [`FailureKind::Unreachable`], and
+    /// silence is [`FailureKind::Timeout`]. The caller turns them into
+    /// [`FailureKind::MidStream`] once the first chunk has been relayed.
     pub async fn next_event(&mut self, timeout: Duration) -> Result<Event, Failure> {
         loop {
             let frame = match tokio::time::timeout(timeout, framing::read_frame::<_, ResponseFrame>(&mut self.io, MAX_RESPONSE_FRAME_BYTES)).await {
@@ -94,7 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ProviderStream<S> {
             (Phase::Finished, _) => malformed("frame after Done".into()),
             (_, ResponseFrame::Error { code, message }) => {
                 self.phase = Phase::Finished;
-                Err(Failure { kind: FailureKind::Refused, message: format!("provider error {code:?}: {message}"), code: Some(code) })
+                Err(Failure { kind: FailureKind::Refused, message: format!("provider error {code:?}: {message}"), code: Some(code), dropped_before_start: false })
             }
             (Phase::AwaitingStarted, ResponseFrame::Started { api: Api::OpenAiChat }) => {
                 self.phase = Phase::Streaming;
@@ -124,9 +133,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ProviderStream<S> {
     }
 
     fn read_failure(&mut self, error: ProtocolError) -> Failure {
+        let before_start = self.phase == Phase::AwaitingStarted;
         self.phase = Phase::Finished;
         match error {
             ProtocolError::FrameTooLarge { .. } | ProtocolError::Malformed(_) => Failure::new(FailureKind::Malformed, error.to_string()),
+            other if before_start => Failure::dropped(format!("provider dropped the stream before Started: {other}")),
             ProtocolError::Closed => Failure::new(FailureKind::Unreachable, "provider closed the stream before Done"),
             other => Failure::new(FailureKind::Unreachable, other.to_string()),
         }
@@ -272,6 +283,13 @@ mod tests {
         assert_eq!(oversized.next_event(TIMEOUT).await.unwrap_err().kind, FailureKind::Malformed);
 
         let mut closed = ProviderStream { io: Cursor::new(Vec::new()), request_id: "r".into(), public_key: [0; 32], phase: Phase::AwaitingStarted };
-        assert_eq!(closed.next_event(TIMEOUT).await.unwrap_err().kind, FailureKind::Unreachable);
+        let failure = closed.next_event(TIMEOUT).await.unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Refused);
+        assert!(failure.dropped_before_start);
+
+        let mut lost = stream_of(&[ResponseFrame::Started { api: Api::OpenAiChat }], [0; 32]).await;
+        let failure = lost.next_event(TIMEOUT).await.unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Unreachable);
+        assert!(!failure.dropped_before_start);
     }
 }

@@ -418,3 +418,37 @@ async fn provider_found_through_the_dht() {
     assert_eq!(completion["usage"]["completion_tokens"], 2, "usage comes from the receipt when no chunk has it");
     assert!(gateway.peer.handle.with_book(|book| book.contains(&provider.peer_id(), now_ms())));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_all_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = script().with_gap(Duration::from_millis(50));
+    let first = NodeProvider::start(slow.clone(), CHEAP).await;
+    let second = NodeProvider::start(slow, EXPENSIVE).await;
+    let gateway = Gateway::start(&[&first.peer, &second.peer], dir.path(), |config| config.first_chunk_timeout = Duration::from_secs(10)).await;
+    gateway.wait_for_offers(&[first.peer_id(), second.peer_id()]).await;
+
+    // 16 requests against two providers that each serve 8 at once (the node's default).
+    let requests = (0..16).map(|i| {
+        let request = gateway.post_chat(&chat_body(i % 2 == 0));
+        async move {
+            let response = request.send().await.unwrap();
+            if response.status() != StatusCode::OK {
+                return format!("request {i} failed: {}", response.text().await.unwrap());
+            }
+            if i % 2 == 0 {
+                streamed_text(&read_events(response).await)
+            } else {
+                let completion: Value = response.json().await.unwrap();
+                completion["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+            }
+        }
+    });
+    let texts = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(requests)).await.expect("requests finished in time");
+
+    let expected = first.upstream.script().full_text();
+    let providers = [gateway.provider_entry(first.peer_id()).await, gateway.provider_entry(second.peer_id()).await];
+    assert!(texts.iter().all(|text| *text == expected), "{texts:?}\n{providers:?}");
+    // A provider refuses a request over its limit before it calls the upstream.
+    assert_eq!(first.upstream.chat_request_count() + second.upstream.chat_request_count(), 16);
+}

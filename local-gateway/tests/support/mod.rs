@@ -64,6 +64,14 @@ impl Drop for Peer {
     }
 }
 
+/// Sends logs to the test output when `RUST_LOG` is set, for example
+/// `RUST_LOG=spare_gateway=debug cargo test -p spare-gateway -- --nocapture`.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    }
+}
+
 /// Polls `check` every 50 ms until it returns a value, for at most 20 s.
 pub async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -235,6 +243,7 @@ impl Gateway {
             bootstrap.push(provider.address().await.with(libp2p::multiaddr::Protocol::P2p(provider.peer_id())));
         }
         let peer = Peer::start(bootstrap).await;
+        init_tracing();
 
         let mut config = GatewayConfig::new(API_KEY.into(), dir.join("gateway.redb"));
         config.first_chunk_timeout = Duration::from_secs(2);
