@@ -49,6 +49,7 @@ async fn streamed_chunks_arrive_in_order_and_early() {
     let response = gateway.post_chat(&chat_body(true)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert!(response.headers()["x-request-id"].to_str().unwrap().starts_with("req-"));
     let events = read_events(response).await;
 
     assert_eq!(events.last().unwrap().data, "[DONE]");
@@ -269,6 +270,25 @@ async fn mid_stream_failure_reaches_the_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_mid_stream_ends_with_error_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = NodeProvider::start(script().with_gap(Duration::from_secs(3)), EXPENSIVE).await;
+    let gateway = Gateway::start(&[&provider.peer], dir.path(), |config| config.idle_timeout = Duration::from_millis(500)).await;
+    gateway.wait_for_offers(&[provider.peer_id()]).await;
+
+    let started = Instant::now();
+    let events = read_events(gateway.post_chat(&chat_body(true)).send().await.unwrap()).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "the idle timeout did not end the stream");
+    assert_eq!(streamed_text(&events), "tok0 ");
+    let last: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    assert_eq!(last["error"]["code"], "provider_failed");
+
+    let entry = gateway.provider_entry(provider.peer_id()).await;
+    assert_eq!(entry["reputation"]["failures"]["mid_stream"], 1);
+    assert_eq!(entry["reputation"]["failures"]["timeout"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_client_input_gets_4xx() {
     let dir = tempfile::tempdir().unwrap();
     let provider = NodeProvider::start(script(), EXPENSIVE).await;
@@ -326,6 +346,8 @@ async fn bad_client_input_gets_4xx() {
         ),
         ("unknown path", client.get(format!("{}/v1/nothing", gateway.url)).bearer_auth(API_KEY), StatusCode::NOT_FOUND, "unknown_url"),
         ("wrong method", client.get(&chat_url).bearer_auth(API_KEY), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        ("provider list without key", client.get(format!("{}/spare/v1/providers", gateway.url)), StatusCode::UNAUTHORIZED, "invalid_api_key"),
+        ("model list without key", client.get(format!("{}/v1/models", gateway.url)), StatusCode::UNAUTHORIZED, "invalid_api_key"),
     ];
 
     for (case, request, status, code) in cases {
