@@ -3,6 +3,7 @@ stop them (whole process groups) after the tests, failed ones included."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import openai
@@ -11,6 +12,15 @@ import pytest
 from local_network import (
     INSTALL_HINT, MODEL_FILE, SMALL_MAX_BODY_BYTES, VENV_BIN, LlamaServer, LocalNetwork, find_spare_binary, sdk_client,
 )
+
+
+def pytest_configure(config):
+    # pytest stops on SIGINT but not on SIGTERM; turning SIGTERM into KeyboardInterrupt makes a
+    # terminated run still tear down its fixtures, so no model server or node outlives it.
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"received signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @pytest.fixture(scope="session")

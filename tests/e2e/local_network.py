@@ -37,7 +37,8 @@ INSTALL_HINT = "run scripts/install-tools.sh"
 
 
 def find_spare_binary() -> Path:
-    """Return $SPARE_BIN, else the release or debug binary under $CARGO_TARGET_DIR."""
+    """Return $SPARE_BIN, else the newer of the release and debug binaries under
+    $CARGO_TARGET_DIR, so a stale release build does not hide a fresh debug one."""
     explicit = os.environ.get("SPARE_BIN")
     if explicit:
         path = Path(explicit)
@@ -48,10 +49,10 @@ def find_spare_binary() -> Path:
     target_dir = Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target"))
     if not target_dir.is_absolute():
         target_dir = REPO_ROOT / target_dir
-    for profile in ("release", "debug"):
-        path = target_dir / profile / "spare"
-        if os.access(path, os.X_OK):
-            return path
+    built = [target_dir / profile / "spare" for profile in ("release", "debug")]
+    built = [path for path in built if os.access(path, os.X_OK)]
+    if built:
+        return max(built, key=lambda path: path.stat().st_mtime)
     raise FileNotFoundError(
         f"no spare binary under {target_dir}/release or {target_dir}/debug; "
         "build it with `cargo build --release -p spare` or set SPARE_BIN"
@@ -78,9 +79,17 @@ def http_json(method: str, url: str, api_key: str | None = None, body: bytes | N
         request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
+            return response.status, decode_json(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        return error.code, decode_json(error.read())
+
+
+def decode_json(body: bytes) -> dict:
+    """Decode a JSON body, or wrap a body that is not JSON so a failed assert shows it."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return {"not_json": body.decode(errors="replace")}
 
 
 def sdk_client(base_url: str, api_key: str) -> openai.OpenAI:

@@ -7,12 +7,13 @@ import json
 import openai
 import pytest
 
-from local_network import MODEL_ID, SMALL_MAX_BODY_BYTES, http_json
+from local_network import MODEL_ID, SMALL_MAX_BODY_BYTES, decode_json, http_json
 
 GOOD_BODY = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 
 
 def assert_openai_error(body: dict, code: str) -> None:
+    assert "error" in body, body
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}, body
     assert isinstance(error["message"], str) and error["message"], body
@@ -62,7 +63,7 @@ def test_chunked_body_over_limit_is_rejected(network):
         connection.request("POST", "/v1/chat/completions", body=iter([body[:1000], body[1000:]]), encode_chunked=True,
                            headers={"Authorization": f"Bearer {network.api_key}", "Content-Type": "application/json"})
         response = connection.getresponse()
-        status, response_body = response.status, json.loads(response.read())
+        status, response_body = response.status, decode_json(response.read())
     finally:
         connection.close()
 
