@@ -2,7 +2,8 @@
 //! request to a provider on the spare network and relays the response.
 //!
 //! - [`server`]: routes, the origin and API key checks, and [`serve`], the entry point.
-//! - [`chat`](crate::chat): `POST /v1/chat/completions`, failover and relaying (start here).
+//! - [`chat`](crate::chat): `POST /v1/chat/completions` and failover (start here).
+//! - [`relay`](crate::relay): relaying a provider's response as events or one completion.
 //! - [`select`]: finding and ranking the providers of a model.
 //! - [`provider`]: the buyer side of one `/spare/infer/1` stream and its frame checks.
 //! - [`reputation`]: per-provider numbers in memory and in redb.
@@ -17,6 +18,7 @@ mod chat;
 pub mod config;
 mod error;
 pub mod provider;
+mod relay;
 pub mod reputation;
 pub mod select;
 pub mod server;
