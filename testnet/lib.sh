@@ -31,8 +31,6 @@ require_python() {
   command -v python3 >/dev/null 2>&1 || die "python3 not found; install Python 3.10 or newer (Debian: apt-get install python3 python3-venv)"
   python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
     || die "python3 is $(python3 -c 'import platform; print(platform.python_version())'); Python 3.10 or newer is required"
-  python3 -c 'import venv, ensurepip' 2>/dev/null \
-    || die "the Python venv module is missing; install it (Debian: apt-get install python3-venv)"
 }
 
 require_command() {
