@@ -226,6 +226,26 @@ mod tests {
     }
 
     #[test]
+    fn odd_chunk_shapes_are_skipped() {
+        let chunks = [
+            json!({"choices": 5}),
+            json!({"choices": [7, null, {"index": "x", "delta": "text"}]}),
+            json!({"choices": [{"index": 0, "delta": {"content": 5, "role": [], "tool_calls": [{"index": -1, "function": {"arguments": 7, "name": 3}}]}}]}),
+            json!({"choices": [{"index": 18446744073709551615u64, "delta": {"content": "far"}}], "usage": "none", "id": 12}),
+            json!([1, 2]),
+        ];
+        let completion = aggregate_chunks(&chunks);
+        let choices = completion["choices"].as_array().unwrap();
+
+        assert_eq!(choices.len(), 2);
+        assert_eq!(choices[0]["message"]["content"], Value::Null);
+        assert_eq!(choices[0]["message"]["tool_calls"][0]["function"]["arguments"], "");
+        assert_eq!(choices[1]["message"]["content"], "far");
+        assert_eq!(completion["usage"], Value::Null);
+        assert_eq!(completion["id"], 12);
+    }
+
+    #[test]
     fn no_chunks_give_an_empty_completion() {
         let completion = aggregate_chunks(&[]);
         assert_eq!(completion["object"], "chat.completion");

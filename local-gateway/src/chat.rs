@@ -215,6 +215,16 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_never_panic_the_parser() {
+        let samples: [&[u8]; 8] = [b"", b"\xff\xfe", b"null", b"{\"model\": null}", b"{\"model\": \"m\", \"stream_options\": 3}", b"{\"model\": {\"a\": 1}}", b"\"model\"", b"{\"model\": \"m\", \"max_tokens\": -5}"];
+        for sample in samples {
+            let _ = ChatRequest::parse(sample);
+        }
+        let deep = "[".repeat(10_000);
+        assert!(ChatRequest::parse(deep.as_bytes()).is_err());
+    }
+
+    #[test]
     fn stream_and_usage_flags_are_read() {
         let chat = ChatRequest::parse(br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
         assert_eq!(chat.model, "m");

@@ -21,6 +21,10 @@ use crate::provider::{Event, Failure, ProviderStream};
 use crate::reputation::{FailureKind, Outcome};
 use crate::server::GatewayState;
 
+/// Maximum total size of the chunks collected for a non-streaming response, so a provider
+/// cannot make the gateway buffer without end. No model output comes near it.
+const MAX_COLLECTED_BYTES: usize = 64 * 1024 * 1024;
+
 /// A checked event, with chunks parsed as JSON objects.
 pub(crate) enum Relayed {
     Chunk { raw: Vec<u8>, json: Value },
@@ -171,10 +175,20 @@ fn chunk_event(raw: Vec<u8>, mut json: Value, include_usage: bool) -> Option<Byt
 pub(crate) async fn collect_completion(state: GatewayState, mut provider: StartedStream, model: String) -> Result<Response, ApiError> {
     let idle = state.config.idle_timeout;
     let mut chunks = Vec::new();
+    let mut collected_bytes = 0usize;
     let mut receipt = None;
     loop {
-        match provider.next(idle).await {
-            Ok(Relayed::Chunk { json, .. }) => chunks.push(json),
+        let event = match provider.next(idle).await {
+            Ok(Relayed::Chunk { raw, .. }) if collected_bytes.saturating_add(raw.len()) > MAX_COLLECTED_BYTES => {
+                Err(Failure::new(FailureKind::Malformed, format!("response exceeds {MAX_COLLECTED_BYTES} bytes")))
+            }
+            other => other,
+        };
+        match event {
+            Ok(Relayed::Chunk { raw, json }) => {
+                collected_bytes += raw.len();
+                chunks.push(json);
+            }
             Ok(Relayed::Usage(usage)) => receipt = Some(usage),
             Ok(Relayed::Done) => break,
             Err(failure) => {
