@@ -69,7 +69,8 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
 
-    /// Unmeasured requests per path at concurrency 1 before measuring.
+    /// Unmeasured requests per path at concurrency 1 before measuring; each level also
+    /// starts with one unmeasured request per client.
     #[arg(long, default_value_t = 20)]
     warmup: usize,
 
@@ -84,6 +85,10 @@ struct Args {
     /// Seconds to wait for each server process to become ready.
     #[arg(long, default_value_t = 120)]
     startup_timeout_secs: u64,
+
+    /// Keep the temporary directory with the server logs and configs, and print its path.
+    #[arg(long)]
+    keep_logs: bool,
 
     /// Markdown file whose section between the spare-bench marker comments is replaced
     /// with the results.
@@ -165,7 +170,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bail!("no path could be started: {not_measured:?}");
     }
     let body = load::request_body(&args.model);
-    warm_up(&args, &client, &under_test, &body).await;
+    warm_up(&args, &client, &under_test, &body, 1, args.warmup).await;
 
     let (runs, peaks) = measure(&args, &client, &under_test, &upstream, &body).await?;
     let section = render_section(&args, &runs, &peaks, &not_measured);
@@ -181,6 +186,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     upstream.stop().await;
+    if args.keep_logs {
+        eprintln!("logs kept in {}", work_dir.keep().display());
+    }
     Ok(())
 }
 
@@ -196,6 +204,12 @@ async fn start_paths(
         .spare_bin
         .clone()
         .unwrap_or_else(paths::default_spare_binary);
+    let max_concurrency = args
+        .levels
+        .iter()
+        .map(|&(concurrency, _)| concurrency)
+        .max()
+        .unwrap_or(1);
     let mut started = Vec::new();
     let mut not_measured = Vec::new();
 
@@ -217,6 +231,7 @@ async fn start_paths(
                     model: &args.model,
                     work_dir: &path_dir,
                     startup_timeout,
+                    node_max_concurrent: max_concurrency * 2,
                 };
                 paths::start_spare(client, setup).await
             }
@@ -255,30 +270,25 @@ fn load_plan(args: &Args, concurrency: usize, requests: usize) -> LoadPlan {
     }
 }
 
-/// Sends unmeasured requests on every path: `--warmup` at concurrency 1, then one request
-/// per client at each level, so connection pools are filled before timing starts.
+/// Sends `requests` unmeasured requests at `concurrency` on every path, so connections and
+/// pools exist before timing starts.
 async fn warm_up(
     args: &Args,
     client: &reqwest::Client,
     under_test: &[PathUnderTest],
     body: &bytes::Bytes,
+    concurrency: usize,
+    requests: usize,
 ) {
     for path in under_test {
-        let mut plans = vec![load_plan(args, 1, args.warmup)];
-        plans.extend(
-            args.levels
-                .iter()
-                .map(|&(concurrency, _)| load_plan(args, concurrency, concurrency)),
-        );
-        for plan in plans {
-            let result = load::run_load(client, &path.target, body, plan).await;
-            let summary = RunSummary::from_samples(&result.samples, result.wall);
-            if let Some(error) = summary.first_error {
-                eprintln!(
-                    "{}: {} of {} warm-up requests failed, first: {error}",
-                    path.target.name, summary.errors, summary.requests
-                );
-            }
+        let plan = load_plan(args, concurrency, requests);
+        let result = load::run_load(client, &path.target, body, plan).await;
+        let summary = RunSummary::from_samples(&result.samples, result.wall);
+        if let Some(error) = summary.first_error {
+            eprintln!(
+                "{}: {} of {} warm-up requests at concurrency {concurrency} failed, first: {error}",
+                path.target.name, summary.errors, summary.requests
+            );
         }
     }
 }
@@ -324,6 +334,9 @@ async fn measure(
     let mut peaks = Vec::new();
 
     for &(concurrency, requests) in &args.levels {
+        // One request per client at this level, sent now rather than before the first level,
+        // so the peak RSS of a lower level does not include a higher level's warm-up.
+        warm_up(args, client, under_test, body, concurrency, concurrency).await;
         for round in 0..args.rounds {
             for offset in 0..under_test.len() {
                 let path = &under_test[(round + offset) % under_test.len()];
@@ -491,7 +504,7 @@ mod machine {
 
         format!(
             "Machine: {cpu}, {logical_cpus} logical CPUs, {memory} RAM, Linux {kernel}.\n\
-             Software: spare {spare_version} (commit {commit}), LiteLLM {litellm_version}.\n\
+             Software: `spare --version`: {spare_version} (commit {commit}); LiteLLM {litellm_version}.\n\
              Upstream: {chunks} chunks per response, time to first token {ttft} ms, gap {gap} ms.\n\
              Levels (concurrency:requests per round): {levels}; rounds: {rounds}; warm-up: {warmup}.\n\
              Arguments: `{command}`\n",

@@ -222,6 +222,9 @@ pub(crate) struct SpareSetup<'a> {
     pub(crate) model: &'a str,
     pub(crate) work_dir: &'a Path,
     pub(crate) startup_timeout: Duration,
+    /// Value of `spare node --max-concurrent`, set above the highest concurrency level so the
+    /// benchmark measures the hop and not the node's admission limit.
+    pub(crate) node_max_concurrent: usize,
 }
 
 fn spare_command(setup: &SpareSetup<'_>, data_dir: &Path) -> Command {
@@ -263,6 +266,7 @@ pub(crate) async fn start_spare(
         "--upstream",
         setup.upstream_base_url,
     ]);
+    node_command.args(["--max-concurrent", &setup.node_max_concurrent.to_string()]);
     let mut node = ManagedChild::spawn("node", node_command, setup.work_dir, false)?;
     let node_addr = wait_for_listen_addr(&mut node, setup.startup_timeout).await?;
 
