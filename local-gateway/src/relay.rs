@@ -90,7 +90,18 @@ impl StartedStream {
 /// Relays the provider's response as server-sent events, ending with `data: [DONE]`, or with
 /// an error event if the provider fails on the way.
 pub(crate) fn relay_as_events(state: GatewayState, provider: StartedStream, model: String, include_usage: bool) -> Response {
-    let relay = Relay { state, provider, model, include_usage, output_tokens: None, finished: false, span: tracing::Span::current() };
+    let relay = Relay {
+        state,
+        provider,
+        model,
+        include_usage,
+        first_chunk: None,
+        usage_sent: false,
+        receipt: None,
+        queued: None,
+        finished: false,
+        span: tracing::Span::current(),
+    };
     let events = futures::stream::unfold(relay, |mut relay| async move {
         let event = relay.next_event().await?;
         Some((Ok::<_, Infallible>(event), relay))
@@ -107,7 +118,12 @@ struct Relay {
     provider: StartedStream,
     model: String,
     include_usage: bool,
-    output_tokens: Option<u64>,
+    /// The first chunk, whose id, created and model a synthesized usage chunk copies.
+    first_chunk: Option<Value>,
+    usage_sent: bool,
+    receipt: Option<UsageReceipt>,
+    /// An event to send before reading the provider again.
+    queued: Option<Bytes>,
     finished: bool,
     span: tracing::Span,
 }
@@ -115,6 +131,9 @@ struct Relay {
 impl Relay {
     /// Returns the next server-sent event for the client, or `None` after the last one.
     async fn next_event(&mut self) -> Option<Bytes> {
+        if let Some(event) = self.queued.take() {
+            return Some(event);
+        }
         if self.finished {
             return None;
         }
@@ -122,15 +141,26 @@ impl Relay {
         loop {
             match self.provider.next(idle).instrument(self.span.clone()).await {
                 Ok(Relayed::Chunk { raw, json }) => {
-                    if let Some(event) = chunk_event(raw, json, self.include_usage) {
-                        return Some(event);
+                    self.usage_sent |= self.include_usage && json.get("usage").is_some_and(Value::is_object);
+                    let event = chunk_event(raw, &json, self.include_usage);
+                    self.first_chunk.get_or_insert(json);
+                    if event.is_some() {
+                        return event;
                     }
                 }
-                Ok(Relayed::Usage(receipt)) => self.output_tokens = Some(receipt.output_tokens),
+                Ok(Relayed::Usage(receipt)) => self.receipt = Some(receipt),
                 Ok(Relayed::Done) => {
                     self.finished = true;
-                    self.span.in_scope(|| record_success(&self.state, &self.provider, self.output_tokens));
-                    return Some(Bytes::from_static(b"data: [DONE]\n\n"));
+                    let output_tokens = self.receipt.as_ref().map(|receipt| receipt.output_tokens);
+                    self.span.in_scope(|| record_success(&self.state, &self.provider, output_tokens));
+                    let done = Bytes::from_static(b"data: [DONE]\n\n");
+                    return match self.missing_usage_event() {
+                        Some(usage) => {
+                            self.queued = Some(done);
+                            Some(usage)
+                        }
+                        None => Some(done),
+                    };
                 }
                 Err(failure) => {
                     self.finished = true;
@@ -141,11 +171,38 @@ impl Relay {
             }
         }
     }
+
+    /// Builds a usage chunk from the signed receipt when the client asked for usage but the
+    /// upstream sent none, so the client always gets the counts it will be billed for.
+    fn missing_usage_event(&self) -> Option<Bytes> {
+        if !self.include_usage || self.usage_sent {
+            return None;
+        }
+        let receipt = self.receipt.as_ref()?;
+        let field = |name: &str| self.first_chunk.as_ref().and_then(|chunk| chunk.get(name)).cloned().unwrap_or(Value::Null);
+        let chunk = json!({
+            "id": field("id"),
+            "object": "chat.completion.chunk",
+            "created": field("created"),
+            "model": field("model"),
+            "choices": [],
+            "usage": usage_from_receipt(receipt),
+        });
+        Some(Bytes::from(format!("data: {chunk}\n\n")))
+    }
+}
+
+fn usage_from_receipt(receipt: &UsageReceipt) -> Value {
+    json!({
+        "prompt_tokens": receipt.input_tokens,
+        "completion_tokens": receipt.output_tokens,
+        "total_tokens": receipt.input_tokens.saturating_add(receipt.output_tokens),
+    })
 }
 
 /// Formats one chunk as a server-sent event, passing the provider's bytes through unless the
 /// usage must be taken out. Returns `None` for a usage-only chunk the client did not ask for.
-fn chunk_event(raw: Vec<u8>, mut json: Value, include_usage: bool) -> Option<Bytes> {
+fn chunk_event(raw: Vec<u8>, json: &Value, include_usage: bool) -> Option<Bytes> {
     let has_usage = json.get("usage").is_some_and(Value::is_object);
     let payload = if has_usage && !include_usage {
         let has_choices = json.get("choices").and_then(Value::as_array).is_some_and(|choices| !choices.is_empty());
@@ -153,13 +210,14 @@ fn chunk_event(raw: Vec<u8>, mut json: Value, include_usage: bool) -> Option<Byt
             return None;
         }
         // Some servers put usage on the last content chunk; keep the chunk, drop the usage.
-        if let Some(object) = json.as_object_mut() {
+        let mut without_usage = json.clone();
+        if let Some(object) = without_usage.as_object_mut() {
             object.remove("usage");
         }
-        serde_json::to_vec(&json).ok()?
+        serde_json::to_vec(&without_usage).ok()?
     } else if raw.contains(&b'\n') || raw.contains(&b'\r') {
         // A line break would end the event early; JSON allows them only as whitespace.
-        serde_json::to_vec(&json).ok()?
+        serde_json::to_vec(json).ok()?
     } else {
         raw
     };
@@ -204,11 +262,7 @@ pub(crate) async fn collect_completion(state: GatewayState, mut provider: Starte
     if completion["usage"].is_null()
         && let Some(receipt) = receipt
     {
-        completion["usage"] = json!({
-            "prompt_tokens": receipt.input_tokens,
-            "completion_tokens": receipt.output_tokens,
-            "total_tokens": receipt.input_tokens.saturating_add(receipt.output_tokens),
-        });
+        completion["usage"] = usage_from_receipt(&receipt);
     }
     Ok((StatusCode::OK, Json(completion)).into_response())
 }
@@ -220,7 +274,7 @@ mod tests {
 
     fn event_text(raw: &str, include_usage: bool) -> Option<String> {
         let json: Value = serde_json::from_str(raw).unwrap();
-        chunk_event(raw.as_bytes().to_vec(), json, include_usage).map(|b| String::from_utf8(b.to_vec()).unwrap())
+        chunk_event(raw.as_bytes().to_vec(), &json, include_usage).map(|b| String::from_utf8(b.to_vec()).unwrap())
     }
 
     #[test]

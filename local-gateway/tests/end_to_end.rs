@@ -85,6 +85,29 @@ async fn usage_chunk_is_relayed_when_requested() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_chunk_built_from_receipt_when_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = ManualProvider::start(Manual::Honest, EXPENSIVE).await;
+    let gateway = Gateway::start(&[&provider.peer], dir.path(), |_| {}).await;
+    gateway.wait_for_offers(&[provider.peer_id()]).await;
+
+    let mut body = chat_body(true);
+    body["stream_options"] = json!({ "include_usage": true });
+    let events = read_events(gateway.post_chat(&body).send().await.unwrap()).await;
+
+    assert_eq!(streamed_text(&events), MANUAL_TEXT);
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let usage: Value = serde_json::from_str(&events[events.len() - 2].data).unwrap();
+    assert_eq!(usage["object"], "chat.completion.chunk");
+    assert_eq!(usage["id"], "chatcmpl-manual");
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"], json!({ "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5 }));
+
+    let events = read_events(gateway.post_chat(&chat_body(true)).send().await.unwrap()).await;
+    assert!(events.iter().all(|event| !event.data.contains("total_tokens")), "usage sent without include_usage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_streaming_response_is_aggregated() {
     let dir = tempfile::tempdir().unwrap();
     let tool = ToolCallScript::new("get_weather", r#"{"city":"Oslo","unit":"celsius"}"#).with_fragment_chars(5);
