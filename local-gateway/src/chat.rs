@@ -31,6 +31,9 @@ const MAX_ATTEMPTS: usize = 8;
 /// first-chunk timeout.
 const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Range of the random pause before retrying a provider that dropped the stream, in ms.
+///
+/// NOTE: one retry absorbed bursts of 16 requests in tests; a larger burst at one provider can
+/// still see streams dropped twice, which then fail over like a refusal.
 const RETRY_PAUSE_MS: std::ops::Range<u64> = 10..200;
 
 /// The fields of a chat request that the gateway itself acts on.

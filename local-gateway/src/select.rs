@@ -101,6 +101,7 @@ pub fn rank(model: &str, mut candidates: Vec<Candidate>, reputation: &HashMap<Pe
     let unmeasured = PeerStats::default();
     candidates.sort_by_cached_key(|candidate| {
         let stats = reputation.get(&candidate.peer).unwrap_or(&unmeasured);
+        // NOTE: `load` is as of the offer's issue time, up to one republish interval old.
         let at_capacity = candidate.offer.load >= candidate.offer.capacity;
         (at_capacity, expected_cost(&candidate.offer, model, estimate), latency_score(stats))
     });

@@ -151,9 +151,19 @@ async fn trace_request(mut request: Request, next: Next) -> Response {
     );
     request.extensions_mut().insert(RequestId(request_id.clone()));
 
+    let is_health_check = request.uri().path() == "/health";
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
-    span.in_scope(|| tracing::info!(status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "Sent response"));
+    let status = response.status().as_u16();
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    span.in_scope(|| {
+        // Health checks are polled by scripts; logging each at info would bury the requests.
+        if is_health_check {
+            tracing::debug!(status, elapsed_ms, "Sent response");
+        } else {
+            tracing::info!(status, elapsed_ms, "Sent response");
+        }
+    });
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
