@@ -4,6 +4,7 @@ pragma solidity 0.8.37;
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
 import {IPaymentChannels} from "./interfaces/IPaymentChannels.sol";
@@ -232,6 +233,17 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
     /// @inheritdoc IPaymentChannels
     function voucherDigest(bytes32 channelId, uint256 cumulativeAmount) public view returns (bytes32) {
         return _hashTypedDataV4(keccak256(abi.encode(VOUCHER_TYPEHASH, channelId, cumulativeAmount)));
+    }
+
+    /// @inheritdoc IPaymentChannels
+    function voucherSigner(bytes32 channelId, uint256 cumulativeAmount, bytes calldata signature)
+        external
+        view
+        returns (address)
+    {
+        (address signer, ECDSA.RecoverError err,) =
+            ECDSA.tryRecover(voucherDigest(channelId, cumulativeAmount), signature);
+        return err == ECDSA.RecoverError.NoError ? signer : address(0);
     }
 
     /// @inheritdoc IPaymentChannels

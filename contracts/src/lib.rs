@@ -1,1 +1,23 @@
-//! Placeholder.
+//! Payment channels for spare on an EVM chain: contract bindings, EIP-712 vouchers, a channel
+//! client and the operations behind `spare wallet`.
+//!
+//! Buyers pay providers per token through unidirectional channels of the `PaymentChannels`
+//! contract (Solidity sources in `src/*.sol`, tests in `test/`). Start with [`ChannelClient`] for
+//! on-chain calls and [`voucher`] for signing and checking vouchers off-chain; [`anvil`] runs a
+//! local chain for tests and [`deploy`] puts the contracts at fixed addresses on it.
+
+pub mod anvil;
+pub mod bindings;
+pub mod client;
+pub mod config;
+pub mod deploy;
+pub mod error;
+pub mod voucher;
+pub mod wallet;
+
+pub use client::{
+    ChannelClient, ChannelState, ChannelStatus, CloseRequest, ETH, OpenRequest, channel_id,
+};
+pub use config::{ChainConfig, ChainOverrides};
+pub use error::{Error, Result};
+pub use voucher::SignedVoucher;

@@ -932,6 +932,16 @@ contract PaymentChannelsTest is ChannelTestBase {
         );
     }
 
+    function test_voucherSigner_recoversPayer() public {
+        bytes32 channelId = bytes32(uint256(77));
+        bytes memory signature = _signVoucher(payerKey, channelId, 5);
+
+        check.assertEq(channels.voucherSigner(channelId, 5, signature), payer, "signer");
+        check.assertTrue(channels.voucherSigner(channelId, 6, signature) != payer, "other amount recovers someone else");
+        check.assertEq(channels.voucherSigner(channelId, 5, _malleate(signature)), address(0), "high s rejected");
+        check.assertEq(channels.voucherSigner(channelId, 5, hex"00"), address(0), "malformed rejected");
+    }
+
     function test_getChannel_unknownIsEmpty() public view {
         IPaymentChannels.Channel memory channel = channels.getChannel(bytes32(uint256(1)));
         check.assertEq(uint256(channel.status), uint256(IPaymentChannels.Status.None), "status");

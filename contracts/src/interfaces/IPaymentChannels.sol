@@ -170,6 +170,14 @@ interface IPaymentChannels {
     /// @notice Returns the EIP-712 digest the payer signs for a voucher.
     function voucherDigest(bytes32 channelId, uint256 cumulativeAmount) external view returns (bytes32);
 
+    /// @notice Returns the EOA that signed a voucher, or `address(0)` if the signature is malformed
+    /// or malleable (high s). Lets a payee check a voucher with `eth_call` exactly as redeem would
+    /// for an EOA payer; contract wallet payers are checked with EIP-1271 instead.
+    function voucherSigner(bytes32 channelId, uint256 cumulativeAmount, bytes calldata signature)
+        external
+        view
+        returns (address);
+
     /// @notice Returns the EIP-712 digest the payee signs to agree to a cooperative close.
     function cooperativeCloseDigest(bytes32 channelId, uint256 cumulativeAmount) external view returns (bytes32);
 
