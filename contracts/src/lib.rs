@@ -15,6 +15,8 @@ pub mod error;
 pub mod voucher;
 pub mod wallet;
 
+/// Primitive types used throughout the API, re-exported so callers need not depend on alloy.
+pub use alloy::primitives::{Address, B256, U256};
 pub use client::{
     ChannelClient, ChannelState, ChannelStatus, CloseRequest, ETH, OpenRequest, channel_id,
 };
