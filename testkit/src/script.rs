@@ -27,6 +27,10 @@ pub struct Script {
     pub tool_call: Option<ToolCallScript>,
     /// The failure the server plays, or [`FailureMode::Normal`].
     pub mode: FailureMode,
+    /// Whether request bodies and headers are kept for
+    /// [`ScriptedUpstream::requests`](crate::ScriptedUpstream::requests). Long-running
+    /// servers turn this off, because the record grows with every request.
+    pub record_requests: bool,
 }
 
 impl Default for Script {
@@ -40,6 +44,7 @@ impl Default for Script {
             chunk_texts: None,
             tool_call: None,
             mode: FailureMode::Normal,
+            record_requests: true,
         }
     }
 }
@@ -107,6 +112,12 @@ impl Script {
     /// Sets the failure mode.
     pub fn with_mode(mut self, mode: FailureMode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Turns the per-request record on or off; request counters keep counting either way.
+    pub fn with_request_recording(mut self, record_requests: bool) -> Self {
+        self.record_requests = record_requests;
         self
     }
 

@@ -224,9 +224,11 @@ async fn chat_completions(
             );
         }
     };
-    lock(&shared.bodies).push(request.clone());
-    lock(&shared.headers).push(headers);
     let script = lock(&shared.script).clone();
+    if script.record_requests {
+        lock(&shared.bodies).push(request.clone());
+        lock(&shared.headers).push(headers);
+    }
 
     match script.mode {
         FailureMode::HttpStatus(code) => {

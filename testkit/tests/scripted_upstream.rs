@@ -542,3 +542,15 @@ async fn first_chunk_arrives_without_ack_delay() {
         "median time to first token {median:?}: {delays:?}"
     );
 }
+
+#[tokio::test]
+async fn recording_off_still_counts_requests() {
+    let upstream = ScriptedUpstream::start(Script::new(MODEL).with_request_recording(false))
+        .await
+        .unwrap();
+    let body = post_chat_text(&upstream, &stream_request()).await;
+    assert!(body.contains("[DONE]"));
+    assert_eq!(upstream.chat_request_count(), 1);
+    assert!(upstream.requests().is_empty());
+    assert!(upstream.request_headers().is_empty());
+}

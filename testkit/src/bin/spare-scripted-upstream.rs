@@ -55,6 +55,8 @@ impl Args {
             time_to_first_token: Duration::from_millis(self.ttft_ms),
             gap: Duration::from_millis(self.gap_ms),
             mode,
+            // The process may serve for hours, so it keeps no per-request record.
+            record_requests: false,
             ..Script::default()
         }
     }
