@@ -499,6 +499,57 @@ contract PaymentChannelsTest is ChannelTestBase {
         check.assertGe(claimed, claimedBefore, "claimed never shrinks");
     }
 
+    function testFuzz_open_creditsDepositForAnyDelay(uint256 amount, uint32 delay, bytes32 salt) public {
+        amount = bound(amount, 1, usd.balanceOf(payer));
+        delay = uint32(bound(delay, channels.MIN_CLOSE_DELAY(), channels.MAX_CLOSE_DELAY()));
+
+        vm.prank(payer);
+        bytes32 channelId = channels.open(payee, address(usd), delay, salt, amount);
+
+        IPaymentChannels.Channel memory channel = channels.getChannel(channelId);
+        check.assertEq(channelId, channels.channelIdOf(payer, payee, address(usd), delay, salt), "id");
+        check.assertEq(uint256(channel.deposit), amount, "deposit");
+        check.assertEq(uint256(channel.closeDelay), delay, "delay");
+        check.assertEq(usd.balanceOf(address(channels)), amount, "contract balance");
+    }
+
+    function testFuzz_finalise_refundsDepositMinusClaimed(uint256 deposit, uint256 voucherAmount, uint256 wait)
+        public
+    {
+        deposit = bound(deposit, 1, 1e30);
+        voucherAmount = bound(voucherAmount, 0, 2 * deposit);
+        wait = bound(wait, DELAY, 365 days);
+        usd.mint(payer, deposit);
+        bytes32 channelId = _openUsd(deposit);
+        _redeemAsPayee(channelId, voucherAmount);
+        uint256 claimed = voucherAmount < deposit ? voucherAmount : deposit;
+        uint256 before = usd.balanceOf(payer);
+
+        vm.prank(payer);
+        channels.requestClose(channelId);
+        vm.warp(block.timestamp + wait);
+        vm.prank(payer);
+        channels.finalise(channelId);
+
+        check.assertEq(usd.balanceOf(payer) - before, deposit - claimed, "refund");
+        check.assertEq(
+            channels.balanceOf(address(usd), payee) + channels.balanceOf(address(usd), treasury),
+            claimed,
+            "claimed stays withdrawable"
+        );
+    }
+
+    function testFuzz_redeem_rejectsAnyOtherSigner(uint256 key, uint256 amount) public {
+        key = bound(key, 1, SECP256K1_N - 1);
+        vm.assume(key != payerKey);
+        bytes32 channelId = _openUsd(DEPOSIT);
+        bytes memory signature = _signVoucher(key, channelId, amount);
+
+        vm.prank(payee);
+        vm.expectRevert(abi.encodeWithSelector(IPaymentChannels.InvalidSignature.selector, channelId, payer));
+        channels.redeem(_voucher(channelId, amount), signature);
+    }
+
     /*//////////////////////////////////////////////////////////////
                               BATCH REDEEM
     //////////////////////////////////////////////////////////////*/
