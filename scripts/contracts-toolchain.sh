@@ -31,8 +31,9 @@ done
 # npm ci wipes node_modules, so skip it when the installed tree already matches the lockfile.
 stamp="$contracts/node_modules/.spare-lock.sha256"
 want="$(sha256sum "$contracts/package-lock.json" | cut -d' ' -f1)"
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" \
-    && -x "$contracts/node_modules/.bin/forge" && -x "$contracts/node_modules/.bin/anvil" ]]; then
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] \
+    && "$contracts/bin/foundry-tool" --path forge >/dev/null 2>&1 \
+    && "$contracts/bin/foundry-tool" --path anvil >/dev/null 2>&1; then
     echo "contracts toolchain is up to date"
 else
     # The forge and anvil commands are node launchers that run the binary from the platform
@@ -42,11 +43,9 @@ else
     echo "$want" >"$stamp"
 fi
 
-forge="$contracts/node_modules/.bin/forge"
-anvil="$contracts/node_modules/.bin/anvil"
-"$forge" --version | head -n1 >/dev/null
-"$anvil" --version | head -n1 >/dev/null
-
-echo "forge: $forge"
-echo "anvil: $anvil"
+# Scripts and tests run the platform binaries directly (see contracts/bin/foundry-tool).
+forge="$("$contracts/bin/foundry-tool" --path forge)"
+anvil="$("$contracts/bin/foundry-tool" --path anvil)"
+echo "forge: $forge ($("$forge" --version | head -n1))"
+echo "anvil: $anvil ($("$anvil" --version | head -n1))"
 echo "solc:  $contracts/bin/solc ($("$contracts/bin/solc" --version | tail -n1))"

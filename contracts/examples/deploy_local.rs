@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::network::TransactionBuilder;
 use alloy::primitives::U256;
-use alloy::providers::{Provider, ProviderBuilder};
+use alloy::providers::Provider;
 use alloy::rpc::types::TransactionRequest;
 use anyhow::Context;
 use clap::Parser;
@@ -13,6 +13,7 @@ use spare_contracts::anvil::Anvil;
 use spare_contracts::bindings::TestUSD;
 use spare_contracts::config::{CHAIN_CONFIG_FILE, load_or_create_wallet_key};
 use spare_contracts::deploy::{DEFAULT_FEE_BPS, deploy_deterministic};
+use spare_contracts::rpc::signing_provider;
 use spare_contracts::{ChainConfig, ChannelClient};
 
 /// Flags of the local deployment.
@@ -42,14 +43,7 @@ async fn main() -> anyhow::Result<()> {
     // anvil's first dev account deploys; its fourth is the treasury, as in the crate's tests.
     let deployer = Anvil::dev_signer(0)?;
     let treasury = Anvil::dev_signer(3)?.address();
-    let provider = ProviderBuilder::new()
-        .disable_recommended_fillers()
-        .with_gas_estimation()
-        .with_simple_nonce_management()
-        .fetch_chain_id()
-        .wallet(EthereumWallet::from(deployer.clone()))
-        .connect_http(args.rpc_url.parse().context("invalid --rpc-url")?)
-        .erased();
+    let provider = signing_provider(&args.rpc_url, &deployer)?;
     let chain_id = provider.get_chain_id().await.with_context(|| {
         format!(
             "no Ethereum RPC reachable at {}; start anvil or pass --start-anvil",

@@ -3,102 +3,21 @@
 use std::time::Duration;
 
 use alloy::contract::CallBuilder;
-use alloy::network::{Ethereum, EthereumWallet};
+use alloy::network::Ethereum;
 use alloy::primitives::{Address, B256, Bytes, U256, keccak256};
-use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::TransactionReceipt;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{Eip712Domain, SolValue};
 use futures::{Stream, StreamExt};
 
 use crate::bindings::IPaymentChannels;
-use crate::bindings::PaymentChannels::{self, PaymentChannelsErrors, PaymentChannelsInstance};
+use crate::bindings::PaymentChannels::{self, PaymentChannelsInstance};
 use crate::bindings::TestUSD::TestUSDInstance;
+use crate::channel::{ChannelState, ChannelStatus, CloseRequest, ETH, OpenRequest};
 use crate::error::{Error, Result};
+use crate::rpc::{check_chain, check_code, contract_error, send_call, signing_provider};
 use crate::voucher::{self, SignedVoucher};
-
-/// `token` value meaning native ETH.
-pub const ETH: Address = Address::ZERO;
-
-/// Lifecycle of a channel, as stored by the contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChannelStatus {
-    /// The id was never used.
-    None,
-    /// Open: the payee may redeem and the payer may top up.
-    Open,
-    /// Close requested: the payee may redeem until `closes_at`.
-    Closing,
-    /// Closed for good.
-    Finalised,
-}
-
-impl From<u8> for ChannelStatus {
-    fn from(value: u8) -> Self {
-        match value {
-            1 => Self::Open,
-            2 => Self::Closing,
-            3 => Self::Finalised,
-            _ => Self::None,
-        }
-    }
-}
-
-/// Stored state of one channel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChannelState {
-    /// Account that deposited and signs vouchers.
-    pub payer: Address,
-    /// Account that redeems vouchers.
-    pub payee: Address,
-    /// Deposit token, [`ETH`] for native ETH.
-    pub token: Address,
-    /// Seconds between a close request and the earliest finalise.
-    pub close_delay: u32,
-    /// Protocol fee in basis points, fixed at open.
-    pub fee_bps: u16,
-    /// Lifecycle state.
-    pub status: ChannelStatus,
-    /// Unix time from which the payer may finalise; zero until a close is requested.
-    pub closes_at: u64,
-    /// Total deposited, in base units.
-    pub deposit: U256,
-    /// Total redeemed so far, in base units.
-    pub claimed: U256,
-}
-
-impl ChannelState {
-    /// Deposit not yet claimed by the payee.
-    pub fn remaining(&self) -> U256 {
-        self.deposit.saturating_sub(self.claimed)
-    }
-}
-
-/// Channel to open: the immutable configuration, which also derives the channel id, and the deposit.
-#[derive(Clone, Debug)]
-pub struct OpenRequest {
-    /// Provider that will redeem.
-    pub payee: Address,
-    /// Deposit token, [`ETH`] for native ETH.
-    pub token: Address,
-    /// Seconds the payee has to redeem after a close request (1 hour to 30 days).
-    pub close_delay: u32,
-    /// Any value that makes the id unique among the payer's channels to this payee.
-    pub salt: B256,
-    /// Deposit in base units.
-    pub amount: U256,
-}
-
-/// A close request seen on chain.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CloseRequest {
-    /// The closing channel.
-    pub channel_id: B256,
-    /// Unix time from which the payer may finalise; redeem before it.
-    pub closes_at: u64,
-    /// Block the request was mined in, when the node reports it.
-    pub block_number: Option<u64>,
-}
 
 /// Contract client acting as one account. Every write waits for its receipt.
 #[derive(Clone, Debug)]
@@ -118,7 +37,7 @@ impl ChannelClient {
         contract: Address,
         signer: PrivateKeySigner,
     ) -> Result<Self> {
-        let provider = connect_provider(rpc_url, &signer).await?;
+        let provider = signing_provider(rpc_url, &signer)?;
         let chain_id = check_chain(&provider, rpc_url, expected_chain_id).await?;
         check_code(&provider, contract, chain_id, "channel_contract").await?;
 
@@ -538,207 +457,6 @@ pub fn channel_id(
     salt: B256,
 ) -> B256 {
     keccak256((payer, payee, token, close_delay, salt).abi_encode())
-}
-
-/// Builds an HTTP provider that signs with `signer`.
-pub(crate) async fn connect_provider(
-    rpc_url: &str,
-    signer: &PrivateKeySigner,
-) -> Result<DynProvider> {
-    let url = rpc_url
-        .parse::<alloy::transports::http::reqwest::Url>()
-        .map_err(|err| Error::InvalidRpcUrl {
-            url: rpc_url.to_owned(),
-            message: err.to_string(),
-        })?;
-    // The default cached nonce manager advances its nonce even when gas estimation then fails
-    // (for example on a revert), which leaves every later transaction stuck behind a nonce gap.
-    // The simple manager requests the pending nonce from the node of each transaction instead.
-    // NOTE: two transactions sent at once from one account can therefore get the same nonce.
-    let provider = ProviderBuilder::new()
-        .disable_recommended_fillers()
-        .with_gas_estimation()
-        .with_simple_nonce_management()
-        .fetch_chain_id()
-        .wallet(EthereumWallet::from(signer.clone()))
-        .connect_http(url)
-        .erased();
-    Ok(provider)
-}
-
-/// Checks the endpoint is reachable and serves `expected` as its chain id.
-pub(crate) async fn check_chain(
-    provider: &DynProvider,
-    rpc_url: &str,
-    expected: u64,
-) -> Result<u64> {
-    let actual = provider
-        .get_chain_id()
-        .await
-        .map_err(|source| Error::RpcUnreachable {
-            url: rpc_url.to_owned(),
-            source,
-        })?;
-    if actual != expected {
-        return Err(Error::WrongChain {
-            url: rpc_url.to_owned(),
-            expected,
-            actual,
-        });
-    }
-    Ok(actual)
-}
-
-/// Returns whether there is contract code at `address`.
-pub(crate) async fn has_code(provider: &DynProvider, address: Address) -> Result<bool> {
-    let code = provider
-        .get_code_at(address)
-        .await
-        .map_err(|err| Error::Rpc {
-            call: "eth_getCode",
-            source: Box::new(err),
-        })?;
-    Ok(!code.is_empty())
-}
-
-/// Checks there is contract code at `address`.
-pub(crate) async fn check_code(
-    provider: &DynProvider,
-    address: Address,
-    chain_id: u64,
-    setting: &'static str,
-) -> Result<()> {
-    if !has_code(provider, address).await? {
-        return Err(Error::NoContractCode {
-            address,
-            chain_id,
-            setting,
-        });
-    }
-    Ok(())
-}
-
-/// Sends a contract call, waits for the receipt and maps reverts to decoded custom errors.
-pub(crate) async fn send_call<P, D>(
-    call: &'static str,
-    builder: CallBuilder<P, D, Ethereum>,
-) -> Result<TransactionReceipt>
-where
-    P: Provider<Ethereum>,
-    D: alloy::contract::CallDecoder,
-{
-    let pending = builder
-        .send()
-        .await
-        .map_err(|err| contract_error(call, err))?;
-    let receipt = wait_for_receipt(call, pending.provider(), *pending.tx_hash()).await?;
-    if !receipt.status() {
-        return Err(Error::TransactionFailed {
-            call,
-            tx_hash: receipt.transaction_hash,
-        });
-    }
-    tracing::debug!(call, tx_hash = %receipt.transaction_hash, gas_used = receipt.gas_used, "Transaction mined");
-    Ok(receipt)
-}
-
-/// How long to wait for a sent transaction to be mined.
-const RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often to ask for the receipt of a sent transaction.
-const RECEIPT_POLL_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Polls for the receipt of `tx_hash` until [`RECEIPT_TIMEOUT`]. alloy's own `get_receipt` waits
-/// without a limit, so a transaction stuck in the pool would hang the caller.
-pub(crate) async fn wait_for_receipt<P: Provider<Ethereum>>(
-    call: &'static str,
-    provider: &P,
-    tx_hash: B256,
-) -> Result<TransactionReceipt> {
-    let started = std::time::Instant::now();
-    loop {
-        let receipt = provider
-            .get_transaction_receipt(tx_hash)
-            .await
-            .map_err(|err| Error::Rpc {
-                call,
-                source: Box::new(err),
-            })?;
-        if let Some(receipt) = receipt {
-            return Ok(receipt);
-        }
-        if started.elapsed() > RECEIPT_TIMEOUT {
-            return Err(Error::ReceiptTimeout {
-                call,
-                tx_hash,
-                waited: RECEIPT_TIMEOUT,
-            });
-        }
-        tokio::time::sleep(RECEIPT_POLL_INTERVAL).await;
-    }
-}
-
-/// Maps a contract error: reverts become [`Error::Reverted`] with the decoded custom error, a node's
-/// "insufficient funds" becomes [`Error::InsufficientFunds`]-style text, anything else [`Error::Rpc`].
-pub(crate) fn contract_error(call: &'static str, err: alloy::contract::Error) -> Error {
-    if let Some(decoded) = err.as_decoded_interface_error::<PaymentChannelsErrors>() {
-        return Error::Reverted {
-            call,
-            reason: describe_revert(&decoded),
-        };
-    }
-    if let Some(data) = err.as_revert_data() {
-        return Error::Reverted {
-            call,
-            reason: format!("undecoded revert data 0x{}", alloy::hex::encode(&data)),
-        };
-    }
-    let text = err.to_string();
-    if text.contains("insufficient funds") {
-        return Error::Reverted {
-            call,
-            reason: format!(
-                "insufficient funds for value plus gas ({text}); fund the account with ETH and retry"
-            ),
-        };
-    }
-    Error::Rpc {
-        call,
-        source: Box::new(err),
-    }
-}
-
-fn describe_revert(error: &PaymentChannelsErrors) -> String {
-    use PaymentChannelsErrors as E;
-    match error {
-        E::ChannelExists(e) => format!("channel {} already exists; use another salt", e.channelId),
-        E::ChannelNotFound(e) => format!("channel {} not found", e.channelId),
-        E::WrongStatus(e) => format!(
-            "channel {} is {:?} but the call needs {:?}",
-            e.channelId,
-            ChannelStatus::from(e.actual),
-            ChannelStatus::from(e.expected)
-        ),
-        E::NotPayer(e) => format!("{} is not the payer of channel {}", e.caller, e.channelId),
-        E::NotRedeemer(e) => format!("{} may not redeem channel {}", e.caller, e.channelId),
-        E::InvalidSignature(e) => {
-            format!(
-                "signature for channel {} is not from {}",
-                e.channelId, e.expectedSigner
-            )
-        }
-        E::CloseDelayNotElapsed(e) => format!(
-            "close delay of channel {} not elapsed: finalise at or after unix time {} (now {})",
-            e.channelId, e.closesAt, e.currentTime
-        ),
-        E::CloseDelayOutOfRange(e) => {
-            format!(
-                "close delay {}s outside [{}s, {}s]",
-                e.closeDelay, e.minDelay, e.maxDelay
-            )
-        }
-        E::NothingToWithdraw(e) => format!("{} has no {} balance to withdraw", e.account, e.token),
-        other => format!("{other:?}"),
-    }
 }
 
 fn to_binding(voucher: &SignedVoucher) -> IPaymentChannels::Voucher {

@@ -7,8 +7,8 @@ use alloy::rpc::types::TransactionRequest;
 use alloy::sol_types::SolValue;
 
 use crate::bindings::{PaymentChannels, TestUSD};
-use crate::client::{has_code, wait_for_receipt};
 use crate::error::{Error, Result};
+use crate::rpc::{has_code, wait_for_receipt};
 
 /// The deterministic CREATE2 deployer that anvil (and most public chains) has at this address.
 /// Calldata is a 32-byte salt followed by the init code.

@@ -8,18 +8,19 @@
 
 pub mod anvil;
 pub mod bindings;
+pub mod channel;
 pub mod client;
 pub mod config;
 pub mod deploy;
 pub mod error;
+pub mod rpc;
 pub mod voucher;
 pub mod wallet;
 
 /// Primitive types used throughout the API, re-exported so callers need not depend on alloy.
 pub use alloy::primitives::{Address, B256, U256};
-pub use client::{
-    ChannelClient, ChannelState, ChannelStatus, CloseRequest, ETH, OpenRequest, channel_id,
-};
+pub use channel::{ChannelState, ChannelStatus, CloseRequest, ETH, OpenRequest};
+pub use client::{ChannelClient, channel_id};
 pub use config::{ChainConfig, ChainOverrides};
 pub use error::{Error, Result};
 pub use voucher::SignedVoucher;

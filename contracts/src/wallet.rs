@@ -9,9 +9,11 @@ use alloy::primitives::{Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 
 use crate::bindings::TestUSD::TestUSDInstance;
-use crate::client::{ChannelClient, ChannelState, ChannelStatus, ETH, OpenRequest, check_code};
+use crate::channel::{ChannelState, ChannelStatus, ETH, OpenRequest};
+use crate::client::ChannelClient;
 use crate::config::{ChainConfig, ChainOverrides, load_or_create_wallet_key};
 use crate::error::{Error, Result};
+use crate::rpc::check_code;
 
 /// Decimals of native ETH.
 const ETH_DECIMALS: u8 = 18;

@@ -10,6 +10,7 @@ use spare_contracts::ChannelClient;
 use spare_contracts::anvil::Anvil;
 use spare_contracts::bindings::TestUSD;
 use spare_contracts::deploy::{DEFAULT_FEE_BPS, Deployment, deploy_deterministic};
+use spare_contracts::rpc::signing_provider;
 
 pub const CHAIN_ID: u64 = 31337;
 /// One million test dollars in base units (6 decimals).
@@ -80,15 +81,7 @@ impl Chain {
 }
 
 pub async fn client_provider(anvil: &Anvil, index: usize) -> DynProvider {
-    let signer = Anvil::dev_signer(index).unwrap();
-    alloy::providers::ProviderBuilder::new()
-        .disable_recommended_fillers()
-        .with_gas_estimation()
-        .with_simple_nonce_management()
-        .fetch_chain_id()
-        .wallet(alloy::network::EthereumWallet::from(signer))
-        .connect_http(anvil.endpoint().parse().unwrap())
-        .erased()
+    signing_provider(&anvil.endpoint(), &Anvil::dev_signer(index).unwrap()).unwrap()
 }
 
 async fn connect(
