@@ -104,6 +104,8 @@ impl Anvil {
     }
 }
 
+// NOTE: Drop does not run when the test process is killed by a signal, which leaves anvil running
+// until it is stopped by hand.
 impl Drop for Anvil {
     fn drop(&mut self) {
         if let Err(err) = self.child.kill() {

@@ -1,5 +1,6 @@
 //! A client for the `PaymentChannels` contract: one account, one deployment, one chain.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::contract::CallBuilder;
@@ -27,6 +28,10 @@ pub struct ChannelClient {
     signer: PrivateKeySigner,
     chain_id: u64,
     rpc_url: String,
+    /// Serialises sending across clones, so concurrent writes get consecutive nonces.
+    send_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Serialises deposits, whose allowance check, approval and transfer must not interleave.
+    deposit_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ChannelClient {
@@ -47,6 +52,8 @@ impl ChannelClient {
             signer,
             chain_id,
             rpc_url: rpc_url.to_owned(),
+            send_lock: Arc::new(tokio::sync::Mutex::new(())),
+            deposit_lock: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -116,6 +123,7 @@ impl ChannelClient {
 
     /// Opens a channel and deposits; for an ERC-20 it first approves the contract if needed.
     pub async fn open(&self, request: &OpenRequest) -> Result<B256> {
+        let _deposit = self.deposit_lock.lock().await;
         self.ensure_funds(request.token, request.amount).await?;
         let value = if request.token == ETH {
             request.amount
@@ -145,6 +153,7 @@ impl ChannelClient {
 
     /// Adds `amount` to an open channel of this account.
     pub async fn top_up(&self, channel_id: B256, amount: U256) -> Result<()> {
+        let _deposit = self.deposit_lock.lock().await;
         let channel = self.channel(channel_id).await?;
         self.ensure_funds(channel.token, amount).await?;
         let value = if channel.token == ETH {
@@ -443,7 +452,7 @@ impl ChannelClient {
     where
         D: alloy::contract::CallDecoder,
     {
-        send_call(call, builder).await
+        send_call(call, builder, &self.send_lock).await
     }
 }
 

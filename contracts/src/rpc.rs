@@ -25,7 +25,8 @@ pub fn signing_provider(rpc_url: &str, signer: &PrivateKeySigner) -> Result<DynP
     // The default cached nonce manager advances its nonce even when gas estimation then fails
     // (for example on a revert), which leaves every later transaction stuck behind a nonce gap.
     // The simple manager requests the pending nonce from the node for each transaction instead.
-    // NOTE: two transactions sent at once from one account can therefore get the same nonce.
+    // Two transactions sent at once could then get the same nonce, so ChannelClient sends one at a
+    // time. NOTE: separate clients or processes using one key can still collide.
     let provider = ProviderBuilder::new()
         .disable_recommended_fillers()
         .with_gas_estimation()
@@ -90,18 +91,25 @@ pub(crate) async fn check_code(
 }
 
 /// Sends a contract call, waits for the receipt and maps reverts to decoded custom errors.
+///
+/// `send_lock` is held until the node has accepted the transaction, so the next transaction from
+/// the same account sees it in the pending nonce.
 pub(crate) async fn send_call<P, D>(
     call: &'static str,
     builder: CallBuilder<P, D, Ethereum>,
+    send_lock: &tokio::sync::Mutex<()>,
 ) -> Result<TransactionReceipt>
 where
     P: Provider<Ethereum>,
     D: alloy::contract::CallDecoder,
 {
-    let pending = builder
-        .send()
-        .await
-        .map_err(|err| contract_error(call, err))?;
+    let pending = {
+        let _guard = send_lock.lock().await;
+        builder
+            .send()
+            .await
+            .map_err(|err| contract_error(call, err))?
+    };
     let receipt = wait_for_receipt(call, pending.provider(), *pending.tx_hash()).await?;
     if !receipt.status() {
         return Err(Error::TransactionFailed {

@@ -168,6 +168,26 @@ async fn token_channel_full_lifecycle() {
 }
 
 #[tokio::test]
+async fn concurrent_writes_from_one_client_succeed() {
+    let chain = Chain::start().await;
+    let channel_id = chain
+        .payer
+        .open(&open_request(&chain, chain.deployment.token, usd(1), 7))
+        .await
+        .unwrap();
+
+    // Top-ups of different sizes race on the allowance and on the nonce.
+    let top_ups = (1..=4u64).map(|dollars| chain.payer.top_up(channel_id, usd(dollars)));
+    for result in futures::future::join_all(top_ups).await {
+        result.unwrap();
+    }
+    assert_eq!(
+        chain.payer.channel(channel_id).await.unwrap().deposit,
+        usd(11)
+    );
+}
+
+#[tokio::test]
 async fn batch_redeem_pays_many_channels() {
     let chain = Chain::start().await;
     let mut vouchers = Vec::new();
