@@ -336,7 +336,7 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
             IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
             received = IERC20(token).balanceOf(address(this)) - before;
         }
-        if (received == 0) revert ZeroDeposit();
+        if (received == 0) revert ZeroDeposit(token, amount);
     }
 
     function _send(address token, address to, uint256 amount) internal {

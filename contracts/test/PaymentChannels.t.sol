@@ -127,7 +127,7 @@ contract PaymentChannelsTest is ChannelTestBase {
 
     function test_open_revertsIfAmountIsZero() public {
         vm.prank(payer);
-        vm.expectRevert(IPaymentChannels.ZeroDeposit.selector);
+        vm.expectRevert(abi.encodeWithSelector(IPaymentChannels.ZeroDeposit.selector, address(usd), 0));
         channels.open(payee, address(usd), DELAY, bytes32(0), 0);
     }
 
@@ -164,7 +164,7 @@ contract PaymentChannelsTest is ChannelTestBase {
     }
 
     function test_open_creditsOnlyWhatArrives() public {
-        FeeOnTransferToken fot = new FeeOnTransferToken();
+        FeeOnTransferToken fot = new FeeOnTransferToken(1);
         fot.mint(payer, DEPOSIT);
         vm.prank(payer);
         fot.approve(address(channels), DEPOSIT);
@@ -175,6 +175,17 @@ contract PaymentChannelsTest is ChannelTestBase {
         uint256 arrived = DEPOSIT - DEPOSIT / 100;
         check.assertEq(uint256(channels.getChannel(channelId).deposit), arrived, "deposit");
         check.assertEq(fot.balanceOf(address(channels)), arrived, "contract balance");
+    }
+
+    function test_open_revertsIfTokenDeliversNothing() public {
+        FeeOnTransferToken burnsAll = new FeeOnTransferToken(100);
+        burnsAll.mint(payer, DEPOSIT);
+        vm.prank(payer);
+        burnsAll.approve(address(channels), DEPOSIT);
+
+        vm.prank(payer);
+        vm.expectRevert(abi.encodeWithSelector(IPaymentChannels.ZeroDeposit.selector, address(burnsAll), DEPOSIT));
+        channels.open(payee, address(burnsAll), DELAY, bytes32(0), DEPOSIT);
     }
 
     function test_open_fixesFeeForChannel() public {
@@ -248,7 +259,7 @@ contract PaymentChannelsTest is ChannelTestBase {
     function test_topUp_revertsIfAmountIsZero() public {
         bytes32 channelId = _openUsd(DEPOSIT);
         vm.prank(payer);
-        vm.expectRevert(IPaymentChannels.ZeroDeposit.selector);
+        vm.expectRevert(abi.encodeWithSelector(IPaymentChannels.ZeroDeposit.selector, address(usd), 0));
         channels.topUp(channelId, 0);
     }
 

@@ -62,8 +62,9 @@ interface IPaymentChannels {
     error CloseDelayNotElapsed(bytes32 channelId, uint256 closesAt, uint256 currentTime);
     /// @notice The payee is the zero address or the payer itself.
     error InvalidPayee(address payee);
-    /// @notice A deposit or top-up credited nothing (zero amount, or a token that delivered nothing).
-    error ZeroDeposit();
+    /// @notice A deposit or top-up of `amount` of `token` credited nothing (zero amount, or a token
+    /// that delivered nothing).
+    error ZeroDeposit(address token, uint256 amount);
     /// @notice The channel's deposit would exceed `maxDeposit` (2^128 - 1 base units).
     error DepositTooLarge(uint256 deposit, uint256 maxDeposit);
     /// @notice ETH was sent with an ERC-20 deposit, or `msg.value` differs from the ETH amount.
