@@ -138,7 +138,10 @@ impl Wallet {
         })
     }
 
-    /// Lists channels the account pays from or is paid through, oldest first.
+    /// Lists the channels the account pays from, then those it is paid through, each in opening order.
+    ///
+    /// NOTE: this scans `ChannelOpened` logs from the deploy block in one request, which public RPC
+    /// providers that cap log ranges will reject on a long chain.
     pub async fn channels(&self) -> Result<Vec<(B256, ChannelState)>> {
         let address = self.client.address();
         let from = self.config.deploy_block;
