@@ -1,7 +1,13 @@
 //! Shared setup for the anvil tests: a fresh chain with the contracts deployed and funded
 //! payer, payee and treasury accounts.
 
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use alloy::primitives::{Address, U256};
 use alloy::providers::{DynProvider, Provider};
@@ -26,7 +32,7 @@ pub struct Chain {
 
 impl Chain {
     pub async fn start() -> Self {
-        let anvil = Anvil::spawn().expect("start anvil (run scripts/contracts-toolchain.sh first)");
+        let anvil = Anvil::spawn().unwrap_or_else(|err| panic!("{err}"));
         let deployer = client_provider(&anvil, 0).await;
         let treasury_signer = Anvil::dev_signer(3).unwrap();
         let deployment =
