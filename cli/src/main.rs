@@ -6,6 +6,7 @@
 mod config;
 mod gateway;
 mod node;
+mod wallet;
 
 use std::path::PathBuf;
 
@@ -38,6 +39,8 @@ enum Command {
     Node(node::NodeArgs),
     /// Buy inference: an OpenAI-compatible HTTP server on loopback.
     Gateway(gateway::GatewayArgs),
+    /// Manage the EVM wallet and payment channels.
+    Wallet(wallet::WalletArgs),
 }
 
 /// Peer discovery flags shared by `spare node` and `spare gateway`.
@@ -90,6 +93,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(args) => node::run(args, &data_dir, file).await,
         Command::Gateway(args) => gateway::run(args, &data_dir, file).await,
+        Command::Wallet(args) => wallet::run(args, &data_dir).await,
     }
 }
 
