@@ -6,6 +6,7 @@
 //!   response frames, each length-prefixed CBOR ([`framing`]).
 //! - [`network`]: the swarm event loop ([`Network`]) and the cloneable [`NetworkHandle`] that
 //!   the provider and the gateway drive it with.
+//! - [`streams`]: the libp2p behaviour that opens and accepts the raw request streams.
 //! - [`identity`]: the ed25519 key that is both the libp2p identity and the offer signing key.
 //!
 //! Start reading at [`network`]. This crate knows nothing about HTTP or chains.
@@ -16,6 +17,7 @@ pub mod infer;
 pub mod network;
 pub mod offer;
 pub mod offer_book;
+pub mod streams;
 
 mod error;
 

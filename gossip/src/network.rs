@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use crate::identity::Identity;
 use crate::offer::{MAX_OFFER_BYTES, SignedOffer, VerifiedOffer, now_ms};
 use crate::offer_book::{InsertOutcome, OfferBook};
+use crate::streams::{self, IncomingStreams, StreamConfig};
 use crate::{Error, KAD_PROTOCOL, OFFER_PROTOCOL, OFFER_TOPIC, framing, model_key};
 
 /// How long a penalised provider's offers are ignored.
@@ -72,7 +73,7 @@ struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    stream: libp2p_stream::Behaviour,
+    stream: streams::Behaviour,
 }
 
 /// State shared between the event loop and its handles.
@@ -88,7 +89,7 @@ enum Command {
     Publish { offer: SignedOffer, reply: oneshot::Sender<Result<(), Error>> },
     StartProviding { model: String },
     FindProviders { model: String, reply: oneshot::Sender<Vec<PeerId>> },
-    AddAddresses { peer: PeerId, addrs: Vec<Multiaddr> },
+    AddAddresses { peer: PeerId, addrs: Vec<Multiaddr>, done: oneshot::Sender<()> },
     Dial { addr: Multiaddr },
     Disconnect { peer: PeerId },
     Shutdown,
@@ -99,7 +100,7 @@ pub struct Network {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
-    control: libp2p_stream::Control,
+    control: streams::Control,
     bootstrap: Vec<Multiaddr>,
     topic: gossipsub::IdentTopic,
     tasks: JoinSet<()>,
@@ -114,16 +115,23 @@ pub struct Network {
 #[derive(Clone)]
 pub struct NetworkHandle {
     commands: mpsc::Sender<Command>,
-    control: libp2p_stream::Control,
+    control: streams::Control,
     shared: Arc<Shared>,
     local_peer_id: PeerId,
 }
 
 impl Network {
-    /// Builds the swarm, starts listening and dials the bootstrap peers.
+    /// Builds the swarm with default stream settings, starts listening and dials the
+    /// bootstrap peers.
     pub fn new(identity: &Identity, config: NetworkConfig) -> Result<(Self, NetworkHandle), Error> {
+        Self::with_stream_config(identity, config, StreamConfig::default())
+    }
+
+    /// Builds the swarm like [`Network::new`], with the given acceptor queue capacity and
+    /// stream open timeout.
+    pub fn with_stream_config(identity: &Identity, config: NetworkConfig, stream_config: StreamConfig) -> Result<(Self, NetworkHandle), Error> {
         let topic = gossipsub::IdentTopic::new(OFFER_TOPIC);
-        let mut swarm = build_swarm(identity, &config, &topic)?;
+        let mut swarm = build_swarm(identity, &config, &topic, stream_config)?;
 
         for addr in &config.listen {
             swarm.listen_on(addr.clone()).map_err(|e| Error::Setup(format!("cannot listen on {addr}: {e}; choose another address or port")))?;
@@ -135,7 +143,7 @@ impl Network {
             }
         }
 
-        let control = swarm.behaviour().stream.new_control();
+        let control = swarm.behaviour().stream.control();
         let shared = Arc::new(Shared::default());
         let (commands_tx, commands) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
         let handle = NetworkHandle { commands: commands_tx, control: control.clone(), shared: shared.clone(), local_peer_id: *swarm.local_peer_id() };
@@ -201,11 +209,12 @@ impl Network {
                 let id = self.swarm.behaviour_mut().kad.get_providers(model_key(&model));
                 self.finds.insert(id, (reply, HashSet::new()));
             }
-            Command::AddAddresses { peer, addrs } => {
+            Command::AddAddresses { peer, addrs, done } => {
                 for addr in addrs {
                     self.swarm.add_peer_address(peer, addr.clone());
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr);
                 }
+                let _ = done.send(());
             }
             Command::Dial { addr } => {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
@@ -495,22 +504,31 @@ impl NetworkHandle {
         Ok(verified)
     }
 
-    /// Opens a stream to `peer` for `protocol`, dialling it if needed.
+    /// Opens a stream to `peer` for `protocol`, dialling it if needed. Fails when the dial
+    /// fails, the peer does not support `protocol`, or [`StreamConfig::open_timeout`] passes.
     pub async fn open_stream(&self, peer: PeerId, protocol: libp2p::StreamProtocol) -> Result<Stream, Error> {
-        self.control.clone().open_stream(peer, protocol).await.map_err(|e| Error::OpenStream(e.to_string()))
+        self.control.open_stream(peer, protocol).await.map_err(|e| Error::OpenStream(e.to_string()))
     }
 
     /// Starts accepting inbound streams for `protocol`. Only one acceptor per protocol may exist.
-    pub fn accept(&self, protocol: libp2p::StreamProtocol) -> Result<libp2p_stream::IncomingStreams, Error> {
-        self.control.clone().accept(protocol).map_err(|e| Error::Setup(e.to_string()))
+    pub fn accept(&self, protocol: libp2p::StreamProtocol) -> Result<IncomingStreams, Error> {
+        self.control.accept(protocol).map_err(|e| Error::Setup(e.to_string()))
     }
 
-    /// Tells the swarm where `peer` can be reached.
+    /// Counts inbound streams dropped since start because an acceptor queue was full.
+    pub fn dropped_inbound_streams(&self) -> u64 {
+        self.control.dropped_inbound_streams()
+    }
+
+    /// Tells the swarm where `peer` can be reached. Returns once the event loop has stored the
+    /// addresses, so a following [`NetworkHandle::open_stream`] can dial them.
     pub async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), Error> {
         if addrs.is_empty() {
             return Ok(());
         }
-        self.send(Command::AddAddresses { peer, addrs }).await
+        let (done, stored) = oneshot::channel();
+        self.send(Command::AddAddresses { peer, addrs, done }).await?;
+        stored.await.map_err(|_| Error::NetworkStopped)
     }
 
     /// Dials an address.
@@ -547,7 +565,7 @@ fn add_bootstrap_address(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) {
     }
 }
 
-fn build_swarm(identity: &Identity, config: &NetworkConfig, topic: &gossipsub::IdentTopic) -> Result<Swarm<Behaviour>, Error> {
+fn build_swarm(identity: &Identity, config: &NetworkConfig, topic: &gossipsub::IdentTopic, stream_config: StreamConfig) -> Result<Swarm<Behaviour>, Error> {
     let setup = |e: &dyn std::fmt::Display| Error::Setup(e.to_string());
     let peer_id = identity.peer_id();
 
@@ -578,7 +596,7 @@ fn build_swarm(identity: &Identity, config: &NetworkConfig, topic: &gossipsub::I
         mdns: Toggle::from(mdns),
         identify: identify::Behaviour::new(identify::Config::new("/spare/id/1".into(), identity.keypair.public())),
         ping: ping::Behaviour::default(),
-        stream: libp2p_stream::Behaviour::new(),
+        stream: streams::Behaviour::new(stream_config),
     };
 
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair.clone())

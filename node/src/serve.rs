@@ -200,7 +200,7 @@ fn upstream_refusal(error: Error) -> Refusal {
 }
 
 /// Accepts inference streams until the acceptor closes, one task per stream.
-pub(crate) async fn accept_loop(provider: Arc<Provider>, mut incoming: libp2p_stream::IncomingStreams) {
+pub(crate) async fn accept_loop(provider: Arc<Provider>, mut incoming: spare_gossip::streams::IncomingStreams) {
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
