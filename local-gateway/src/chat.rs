@@ -30,11 +30,6 @@ const MAX_ATTEMPTS: usize = 8;
 /// drops packets can hang for minutes, and an unreachable provider should cost less than the
 /// first-chunk timeout.
 const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
-/// Range of the random pause before retrying a provider that dropped the stream, in ms.
-///
-/// NOTE: one retry absorbed bursts of 16 requests in tests; a larger burst at one provider can
-/// still see streams dropped twice, which then fail over like a refusal.
-const RETRY_PAUSE_MS: std::ops::Range<u64> = 10..200;
 
 /// The fields of a chat request that the gateway itself acts on.
 #[derive(Debug)]
@@ -111,21 +106,12 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 }
 
 /// Tries the candidates in order until one sends its first event; returns every failure if
-/// none does. A provider that dropped the stream unread is tried once more, after a random
-/// pause so that a burst of dropped requests does not arrive at once again.
+/// none does.
 async fn start_with_failover(state: &GatewayState, ranked: &[Candidate], request: &InferRequest) -> Result<StartedStream, Vec<Failure>> {
     let mut failures = Vec::new();
     for candidate in ranked.iter().take(MAX_ATTEMPTS) {
         tracing::Span::current().record("peer", tracing::field::display(candidate.peer));
-        let mut result = attempt(state, candidate, request).await;
-        if let Err(failure) = &result
-            && failure.dropped_before_start
-        {
-            tracing::debug!(peer = %candidate.peer, reason = %failure.message, "Provider dropped the stream; retrying it once");
-            tokio::time::sleep(Duration::from_millis(rand::random_range(RETRY_PAUSE_MS))).await;
-            result = attempt(state, candidate, request).await;
-        }
-        match result {
+        match attempt(state, candidate, request).await {
             Ok(provider) => return Ok(provider),
             Err(failure) => {
                 tracing::warn!(peer = %candidate.peer, kind = ?failure.kind, reason = %failure.message, "Provider failed before the first chunk; trying the next");
@@ -202,7 +188,7 @@ mod tests {
 
     #[test]
     fn rejection_by_every_provider_is_a_client_error() {
-        let refusal = |code, message: &str| Failure { kind: FailureKind::Refused, message: message.into(), code: Some(code), dropped_before_start: false };
+        let refusal = |code, message: &str| Failure { kind: FailureKind::Refused, message: message.into(), code: Some(code) };
         let rejected = refusal(ErrorCode::BadRequest, "prompt too long");
         let busy = refusal(ErrorCode::Busy, "full");
         let timeout = Failure::new(FailureKind::Timeout, "slow");

@@ -22,19 +22,17 @@ pub struct Failure {
     pub message: String,
     /// The provider's error code, when it sent an `Error` frame.
     pub code: Option<ErrorCode>,
-    /// The stream ended before `Started`, without an error frame. A provider whose inbound
-    /// stream queue is full drops new streams this way (libp2p-stream 0.5 queues one), so the
-    /// provider never saw the request and trying it again is safe.
-    pub dropped_before_start: bool,
 }
 
 impl Failure {
     pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), code: None, dropped_before_start: false }
+        Self { kind, message: message.into(), code: None }
     }
 
+    /// The stream ended before `Started` without an error frame: a provider whose inbound
+    /// queue is full drops new streams this way, so it counts as a refusal.
     fn dropped(message: String) -> Self {
-        Self { kind: FailureKind::Refused, message, code: None, dropped_before_start: true }
+        Self { kind: FailureKind::Refused, message, code: None }
     }
 }
 
@@ -103,7 +101,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ProviderStream<S> {
             (Phase::Finished, _) => malformed("frame after Done".into()),
             (_, ResponseFrame::Error { code, message }) => {
                 self.phase = Phase::Finished;
-                Err(Failure { kind: FailureKind::Refused, message: format!("provider error {code:?}: {message}"), code: Some(code), dropped_before_start: false })
+                Err(Failure { kind: FailureKind::Refused, message: format!("provider error {code:?}: {message}"), code: Some(code) })
             }
             (Phase::AwaitingStarted, ResponseFrame::Started { api: Api::OpenAiChat }) => {
                 self.phase = Phase::Streaming;
@@ -285,11 +283,9 @@ mod tests {
         let mut closed = ProviderStream { io: Cursor::new(Vec::new()), request_id: "r".into(), public_key: [0; 32], phase: Phase::AwaitingStarted };
         let failure = closed.next_event(TIMEOUT).await.unwrap_err();
         assert_eq!(failure.kind, FailureKind::Refused);
-        assert!(failure.dropped_before_start);
 
         let mut lost = stream_of(&[ResponseFrame::Started { api: Api::OpenAiChat }], [0; 32]).await;
         let failure = lost.next_event(TIMEOUT).await.unwrap_err();
         assert_eq!(failure.kind, FailureKind::Unreachable);
-        assert!(!failure.dropped_before_start);
     }
 }
