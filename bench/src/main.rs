@@ -172,8 +172,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let body = load::request_body(&args.model);
     warm_up(&args, &client, &under_test, &body, 1, args.warmup).await;
 
-    let (runs, peaks) = measure(&args, &client, &under_test, &upstream, &body).await?;
-    let section = render_section(&args, &runs, &peaks, &not_measured);
+    let measured = measure(&args, &client, &under_test, &upstream, &body).await?;
+    let section = render_section(&args, &measured, &not_measured);
     println!("{section}");
     if let Some(path) = &args.write {
         write_section(path, &section)?;
@@ -321,17 +321,33 @@ fn read_all(
         .collect()
 }
 
+/// Everything measured, and the paths that stopped during the run with the reason.
+struct Measurements {
+    runs: Vec<RunRecord>,
+    peaks: Vec<PeakRecord>,
+    stopped: Vec<(String, String)>,
+}
+
 /// Runs every level; within a level, each round runs every path once in a rotated order.
+///
+/// A path whose server process exits stops being measured, and the run goes on with the
+/// other paths; an exited upstream ends the whole run.
 async fn measure(
     args: &Args,
     client: &reqwest::Client,
     under_test: &[PathUnderTest],
     upstream: &ManagedChild,
     body: &bytes::Bytes,
-) -> anyhow::Result<(Vec<RunRecord>, Vec<PeakRecord>)> {
+) -> anyhow::Result<Measurements> {
     let ticks_per_second = process::clock_ticks_per_second();
-    let mut runs = Vec::new();
-    let mut peaks = Vec::new();
+    let mut measured = Measurements {
+        runs: Vec::new(),
+        peaks: Vec::new(),
+        stopped: Vec::new(),
+    };
+    let is_stopped = |stopped: &[(String, String)], path: &PathUnderTest| {
+        stopped.iter().any(|(name, _)| *name == path.target.name)
+    };
 
     for &(concurrency, requests) in &args.levels {
         // One request per client at this level, sent now rather than before the first level,
@@ -340,58 +356,46 @@ async fn measure(
         for round in 0..args.rounds {
             for offset in 0..under_test.len() {
                 let path = &under_test[(round + offset) % under_test.len()];
+                if is_stopped(&measured.stopped, path) {
+                    continue;
+                }
                 let processes = measured_processes(path, upstream);
-                let before = read_all(&processes, ticks_per_second)?;
-                let result = load::run_load(
-                    client,
-                    &path.target,
-                    body,
-                    load_plan(args, concurrency, requests),
-                )
-                .await;
-                let after = read_all(&processes, ticks_per_second)?;
-
-                let summary = RunSummary::from_samples(&result.samples, result.wall);
-                let request_count = summary.requests.max(1) as f64;
-                let cpu_ms_per_request = processes
-                    .iter()
-                    .zip(before.iter().zip(&after))
-                    .map(|(child, (start, end))| {
-                        let cpu = end.cpu.saturating_sub(start.cpu);
-                        (
-                            child.label.clone(),
-                            cpu.as_secs_f64() * 1000.0 / request_count,
-                        )
-                    })
-                    .collect();
-                eprintln!(
-                    "c={concurrency} round {round} {:<8} p50 {:>8} ms  failed {}/{}  {:.0} chunks/s",
-                    path.target.name,
-                    summary
-                        .ttft_p50_ms
-                        .map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:.2}")),
-                    summary.errors,
-                    summary.requests,
-                    summary.chunks_per_second,
-                );
-                runs.push(RunRecord {
-                    path: path.target.name.clone(),
-                    concurrency,
-                    round,
-                    summary,
-                    cpu_ms_per_request,
-                });
+                let plan = load_plan(args, concurrency, requests);
+                match measure_run(client, path, &processes, body, plan, ticks_per_second).await {
+                    Ok(cpu_and_summary) => {
+                        let (cpu_ms_per_request, summary) = cpu_and_summary;
+                        print_progress(concurrency, round, &path.target.name, &summary);
+                        measured.runs.push(RunRecord {
+                            path: path.target.name.clone(),
+                            concurrency,
+                            round,
+                            summary,
+                            cpu_ms_per_request,
+                        });
+                    }
+                    Err(error) => {
+                        process::read_usage(upstream.pid, ticks_per_second)
+                            .context("the scripted upstream stopped, so no path can be measured")?;
+                        eprintln!("{}: stopped measuring: {error:#}", path.target.name);
+                        measured
+                            .stopped
+                            .push((path.target.name.clone(), format!("{error:#}")));
+                    }
+                }
             }
         }
 
         // VmHWM is a peak since process start, so this covers this level and the ones before.
         for path in under_test {
+            if is_stopped(&measured.stopped, path) {
+                continue;
+            }
             let processes = measured_processes(path, upstream);
-            for (child, usage) in processes
-                .iter()
-                .zip(read_all(&processes, ticks_per_second)?)
-            {
-                peaks.push(PeakRecord {
+            let Ok(usages) = read_all(&processes, ticks_per_second) else {
+                continue;
+            };
+            for (child, usage) in processes.iter().zip(usages) {
+                measured.peaks.push(PeakRecord {
                     path: path.target.name.clone(),
                     concurrency,
                     process: child.label.clone(),
@@ -400,22 +404,67 @@ async fn measure(
             }
         }
     }
-    Ok((runs, peaks))
+    Ok(measured)
+}
+
+/// Runs one load and returns the CPU milliseconds per request of each process and the
+/// summary. Fails when a process of the path has exited before or during the run.
+async fn measure_run(
+    client: &reqwest::Client,
+    path: &PathUnderTest,
+    processes: &[&ManagedChild],
+    body: &bytes::Bytes,
+    plan: LoadPlan,
+    ticks_per_second: u64,
+) -> anyhow::Result<(Vec<(String, f64)>, RunSummary)> {
+    let before = read_all(processes, ticks_per_second)?;
+    let result = load::run_load(client, &path.target, body, plan).await;
+    let after = read_all(processes, ticks_per_second)?;
+
+    let summary = RunSummary::from_samples(&result.samples, result.wall);
+    let request_count = summary.requests.max(1) as f64;
+    let cpu_ms_per_request = processes
+        .iter()
+        .zip(before.iter().zip(&after))
+        .map(|(child, (start, end))| {
+            let cpu = end.cpu.saturating_sub(start.cpu);
+            (
+                child.label.clone(),
+                cpu.as_secs_f64() * 1000.0 / request_count,
+            )
+        })
+        .collect();
+    Ok((cpu_ms_per_request, summary))
+}
+
+fn print_progress(concurrency: usize, round: usize, path: &str, summary: &RunSummary) {
+    let p50 = summary
+        .ttft_p50_ms
+        .map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:.2}"));
+    eprintln!(
+        "c={concurrency} round {round} {path:<8} p50 {p50:>8} ms  failed {}/{}  {:.0} chunks/s",
+        summary.errors, summary.requests, summary.chunks_per_second,
+    );
 }
 
 fn render_section(
     args: &Args,
-    runs: &[RunRecord],
-    peaks: &[PeakRecord],
+    measured: &Measurements,
     not_measured: &[(String, String)],
 ) -> String {
     let mut section = String::new();
     section.push_str(&machine::describe(args));
     section.push('\n');
-    section.push_str(&report::render_tables(runs, peaks));
+    section.push_str(&report::render_tables(&measured.runs, &measured.peaks));
     for (path, reason) in not_measured {
         let first_line = reason.lines().next().unwrap_or_default();
         section.push_str(&format!("\nNot measured: {path}: {first_line}\n"));
+    }
+    for (path, reason) in &measured.stopped {
+        let first_line = reason.lines().next().unwrap_or_default();
+        section.push_str(&format!(
+            "\nStopped measuring {path} after a server process exited: {first_line}\n"
+        ));
     }
     section
 }

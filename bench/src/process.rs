@@ -154,6 +154,9 @@ pub(crate) fn read_usage(pid: u32, ticks_per_second: u64) -> anyhow::Result<Proc
     let stat_path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&stat_path)
         .with_context(|| format!("failed to read {stat_path}"))?;
+    if has_exited(&stat) {
+        bail!("process {pid} has exited");
+    }
     let ticks =
         parse_cpu_ticks(&stat).with_context(|| format!("unexpected format of {stat_path}"))?;
 
@@ -180,6 +183,14 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
     let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// Returns whether the state in `/proc/<pid>/stat` (field 3) is zombie or dead.
+fn has_exited(stat: &str) -> bool {
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X" | "x"))
 }
 
 /// Returns the `VmHWM` value in KiB from the text of `/proc/<pid>/status`.
@@ -215,6 +226,12 @@ mod tests {
     fn cpu_ticks_parse_after_command_name() {
         let stat = "4242 (my (odd) proc) S 1 4242 4242 0 -1 4194560 100 0 0 0 37 5 0 0 20 0 3 0 99 1000 200";
         assert_eq!(parse_cpu_ticks(stat), Some(42));
+    }
+
+    #[test]
+    fn zombie_state_counts_as_exited() {
+        assert!(has_exited("77 (litellm) Z 1 77 77 0 -1 4194560 0"));
+        assert!(!has_exited("77 (a) (Z) S 1 77 77 0 -1 4194560 0"));
     }
 
     #[test]
