@@ -15,6 +15,13 @@ from local_network import READY_TIMEOUT_S, REPO_ROOT, STOP_TIMEOUT_S, VENV_BIN, 
 SCRIPT = REPO_ROOT / "testnet" / "run-local.sh"
 
 
+def default_sigint() -> None:
+    """Gives the script the default SIGINT action, as a terminal's shell does. A runner that
+    started this test in the background (SIGINT ignored) would otherwise pass that on, and a
+    shell cannot trap a signal that was ignored when it started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def read_until(process: subprocess.Popen, marker: str, timeout_s: float) -> str:
     """Read the script's output until a line contains `marker`, and return all of it."""
     output = []
@@ -60,7 +67,7 @@ def run_local(spare_bin, tmp_path):
     env.pop("SPARE_API_KEY", None)
     process = subprocess.Popen(
         ["bash", str(SCRIPT)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env=env, start_new_session=True,
+        text=True, env=env, start_new_session=True, preexec_fn=default_sigint,
     )
     try:
         yield process, tmp_path / "testnet", llama_port
