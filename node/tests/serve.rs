@@ -1,7 +1,7 @@
 //! A real provider node on loopback, in front of a scripted upstream, driven by a buyer peer
 //! that speaks `/spare/infer/1` directly.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::time::{Duration, Instant};
 
