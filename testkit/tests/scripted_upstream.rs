@@ -509,15 +509,15 @@ async fn binary_prints_its_url_and_serves() {
 #[tokio::test]
 async fn first_chunk_arrives_without_ack_delay() {
     // Regression: without TCP_NODELAY the first chunk waited for the client's delayed ACK
-    // of the response headers, adding about 40 ms on Linux.
-    let ttft = Duration::from_millis(20);
+    // of the response headers, so it arrived about 40 ms after the request on Linux.
+    let ttft = Duration::from_millis(5);
     let upstream = ScriptedUpstream::start(Script::new(MODEL).with_time_to_first_token(ttft))
         .await
         .unwrap();
     let client = client();
 
     let mut delays = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..7 {
         let started = Instant::now();
         let response = client
             .post(chat_url(&upstream))
@@ -538,7 +538,7 @@ async fn first_chunk_arrives_without_ack_delay() {
 
     let median = delays[delays.len() / 2];
     assert!(
-        median < ttft + Duration::from_millis(15),
+        median < ttft + Duration::from_millis(20),
         "median time to first token {median:?}: {delays:?}"
     );
 }
