@@ -195,8 +195,8 @@ fn has_content(data: &str) -> bool {
 
 /// An incremental parser for the `data` fields of a server-sent event stream.
 ///
-/// Events end at a blank line; several `data:` lines in one event are joined with `\n`, and
-/// other fields (`event:`, `id:`, comments) are ignored, as the SSE specification requires.
+/// Events end at a blank line. As the SSE specification requires, several `data:` lines in
+/// one event are joined with `\n`, and other fields (`event:`, `id:`, comments) are ignored.
 #[derive(Debug, Default)]
 pub(crate) struct SseParser {
     pending: Vec<u8>,
@@ -258,6 +258,89 @@ mod tests {
         let mut parser = SseParser::default();
         let events = parser.push(b": comment\r\nevent: x\r\ndata: one\r\ndata:two\r\n\r\n");
         assert_eq!(events, vec!["one\ntwo"]);
+    }
+
+    use spare_testkit::{FailureMode, Script, ScriptedUpstream};
+
+    async fn load_against(script: Script, requests: usize, concurrency: usize) -> LoadResult {
+        let upstream = ScriptedUpstream::start(script.clone()).await.unwrap();
+        let target = Target {
+            name: "direct".to_owned(),
+            chat_url: format!("{}/chat/completions", upstream.base_url()),
+            api_key: Some("unused".to_owned()),
+        };
+        let plan = LoadPlan {
+            requests,
+            concurrency,
+            time_limit: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(5),
+            expected_chunks: script.chunks,
+        };
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let body = request_body(&script.models[0]);
+        let result = run_load(&client, &target, &body, plan).await;
+        assert_eq!(upstream.chat_request_count(), requests);
+        result
+    }
+
+    #[tokio::test]
+    async fn load_times_first_token_and_counts_chunks() {
+        let ttft = Duration::from_millis(20);
+        let script = Script::new("m")
+            .with_chunks(4)
+            .with_time_to_first_token(ttft);
+        let result = load_against(script, 6, 3).await;
+
+        assert_eq!(result.samples.len(), 6);
+        for sample in &result.samples {
+            assert_eq!(sample.error, None);
+            assert_eq!(sample.content_chunks, 4);
+            let measured = sample.time_to_first_token.unwrap();
+            assert!(
+                measured >= ttft,
+                "time to first token {measured:?} is below the scripted {ttft:?}"
+            );
+        }
+        assert!(
+            result.wall >= ttft * 2,
+            "6 requests on 3 clients take two waves"
+        );
+    }
+
+    #[tokio::test]
+    async fn load_marks_broken_streams_failed() {
+        let script = Script::new("m")
+            .with_chunks(6)
+            .with_mode(FailureMode::CloseAfterChunks(2));
+        let result = load_against(script, 2, 1).await;
+        for sample in &result.samples {
+            assert_eq!(sample.content_chunks, 2);
+            let error = sample.error.as_deref().unwrap();
+            assert!(error.contains("response body failed"), "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn load_marks_http_errors_and_short_streams_failed() {
+        let failing = load_against(
+            Script::new("m").with_mode(FailureMode::HttpStatus(500)),
+            2,
+            2,
+        )
+        .await;
+        for sample in &failing.samples {
+            assert!(sample.error.as_deref().unwrap().starts_with("HTTP 500"));
+            assert_eq!(sample.time_to_first_token, None);
+        }
+
+        let malformed = Script::new("m")
+            .with_chunks(3)
+            .with_mode(FailureMode::MalformedSseAfterChunks(1));
+        let short = load_against(malformed, 1, 1).await;
+        assert_eq!(
+            short.samples[0].error.as_deref(),
+            Some("received 1 content chunks, expected 3")
+        );
     }
 
     #[test]

@@ -252,6 +252,67 @@ mod tests {
         assert!(clock_ticks_per_second() > 0);
     }
 
+    fn is_gone(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => has_exited(&stat),
+            Err(_) => true,
+        }
+    }
+
+    async fn wait_until_gone(pid: u32) -> bool {
+        for _ in 0..100 {
+            if is_gone(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Starts a shell that starts a `sleep` in the same process group and prints its pid.
+    async fn spawn_shell_with_grandchild(log_dir: &Path) -> (ManagedChild, u32) {
+        let mut command = Command::new("sh");
+        command.args(["-c", "sleep 30 & echo $!; wait"]);
+        let mut child = ManagedChild::spawn("shell", command, log_dir, true).unwrap();
+        let stdout = child.take_stdout().unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let grandchild: u32 = lines
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        (child, grandchild)
+    }
+
+    #[tokio::test]
+    async fn stop_ends_the_whole_process_group() {
+        let log_dir = tempfile::tempdir().unwrap();
+        let (mut child, grandchild) = spawn_shell_with_grandchild(log_dir.path()).await;
+        let pid = child.pid;
+        child.check_running().unwrap();
+
+        child.stop().await;
+        assert!(wait_until_gone(pid).await, "shell {pid} still runs");
+        assert!(
+            wait_until_gone(grandchild).await,
+            "grandchild {grandchild} still runs"
+        );
+    }
+
+    #[tokio::test]
+    async fn drop_kills_the_whole_process_group() {
+        let log_dir = tempfile::tempdir().unwrap();
+        let (child, grandchild) = spawn_shell_with_grandchild(log_dir.path()).await;
+        drop(child);
+        assert!(
+            wait_until_gone(grandchild).await,
+            "grandchild {grandchild} still runs"
+        );
+    }
+
     #[test]
     fn own_usage_is_readable() {
         let usage = read_usage(std::process::id(), clock_ticks_per_second()).unwrap();
