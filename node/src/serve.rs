@@ -54,23 +54,26 @@ impl Provider {
     }
 
     async fn answer(&self, stream: &mut libp2p::Stream) -> Result<(), Refusal> {
-        let read = framing::read_frame::<_, InferRequest>(stream, MAX_REQUEST_FRAME_BYTES);
-        let request = match tokio::time::timeout(self.settings.request_read_timeout, read).await {
-            Ok(Ok(request)) => request,
-            Ok(Err(e)) => return Err(Refusal::new(ErrorCode::BadRequest, format!("invalid request frame: {e}"))),
-            Err(_) => return Err(Refusal::new(ErrorCode::BadRequest, "no request frame arrived in time")),
-        };
-        let span = tracing::Span::current();
-        span.record("request_id", request.request_id.as_str());
-        span.record("model", request.model.as_str());
-
-        let (entry, body) = self.admit(&request)?;
+        // The permit comes before the request is read, so at most `max_concurrent` request
+        // frames (up to 33 MiB each) are in memory at once, whatever the number of streams.
         let _permit: OwnedSemaphorePermit = self
             .permits
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refusal::new(ErrorCode::Busy, format!("provider is at its limit of {} concurrent requests", self.settings.max_concurrent)))?;
 
+        let read = framing::read_frame::<_, InferRequest>(stream, MAX_REQUEST_FRAME_BYTES);
+        let request = match tokio::time::timeout(self.settings.request_read_timeout, read).await {
+            Ok(Ok(request)) => request,
+            Ok(Err(e)) => return Err(Refusal::new(ErrorCode::BadRequest, format!("invalid request frame: {e}"))),
+            Err(_) => return Err(Refusal::new(ErrorCode::BadRequest, "no request frame arrived in time")),
+        };
+        request.validate().map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+        let span = tracing::Span::current();
+        span.record("request_id", request.request_id.as_str());
+        span.record("model", request.model.as_str());
+
+        let (entry, body) = self.admit(&request)?;
         let upstream = self.upstreams.get(entry.upstream).ok_or_else(|| Refusal::new(ErrorCode::Internal, "catalog names an unknown upstream"))?;
         let response = upstream.chat_completions(body).await.map_err(upstream_refusal)?;
         write(stream, &ResponseFrame::Started { api: Api::OpenAiChat }).await?;
@@ -86,7 +89,6 @@ impl Provider {
 
     /// Checks the request header and body and prepares the upstream body.
     fn admit(&self, request: &InferRequest) -> Result<(CatalogEntry, Vec<u8>), Refusal> {
-        request.validate().map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
         if request.voucher.is_some() {
             return Err(Refusal::new(ErrorCode::BadRequest, "this provider does not accept payment vouchers yet"));
         }

@@ -35,11 +35,16 @@ fn loopback() -> NetworkConfig {
 }
 
 async fn setup(script: Script, max_concurrent: u32) -> Setup {
+    setup_with(script, |settings| settings.max_concurrent = max_concurrent).await
+}
+
+async fn setup_with(script: Script, configure: impl FnOnce(&mut NodeSettings)) -> Setup {
     let upstream = ScriptedUpstream::start(script).await.unwrap();
     let node_identity = Identity::generate().unwrap();
     let (node_network, node_handle) = Network::new(&node_identity, loopback()).unwrap();
     let mut tasks = vec![tokio::spawn(node_network.run())];
-    let settings = NodeSettings { upstreams: vec![upstream.base_url()], max_concurrent, offer_interval: Duration::from_millis(300), offer_ttl: Duration::from_secs(5), ..Default::default() };
+    let mut settings = NodeSettings { upstreams: vec![upstream.base_url()], offer_interval: Duration::from_millis(300), offer_ttl: Duration::from_secs(5), ..Default::default() };
+    configure(&mut settings);
     let key = node_identity.signing_key.clone();
     let handle = node_handle.clone();
     tasks.push(tokio::spawn(async move {
@@ -232,6 +237,37 @@ async fn upstream_failures_map_to_error_codes() {
     assert!(broken.iter().any(|(_, f)| matches!(f, ResponseFrame::Chunk { .. })));
 
     setup.upstream.set_mode(FailureMode::Normal);
+    let good = call(&setup, &request("m", &chat("m"))).await;
+    assert!(matches!(good.last(), Some((_, ResponseFrame::Done))));
+}
+
+#[tokio::test]
+async fn stalled_request_frames_hold_permits_not_memory() {
+    let setup = setup_with(Script::new("m"), |settings| {
+        settings.max_concurrent = 2;
+        settings.request_read_timeout = Duration::from_secs(2);
+    })
+    .await;
+
+    // Two streams announce 30 MiB request frames, send 1 MiB of them and stall.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut stream = setup.buyer.open_stream(setup.provider, INFER_PROTOCOL).await.unwrap();
+        stream.write_all(&(30u32 << 20).to_be_bytes()).await.unwrap();
+        stream.write_all(&vec![0u8; 1 << 20]).await.unwrap();
+        stream.flush().await.unwrap();
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Each stalled frame holds a permit, so a third request is refused without being read.
+    let refused = call(&setup, &request("m", &chat("m"))).await;
+    assert_eq!(error_code(&refused), Some(ErrorCode::Busy));
+
+    // Once the stalled reads time out, their permits return.
+    for stream in &mut stalled {
+        assert_eq!(error_code(&read_all(stream).await), Some(ErrorCode::BadRequest));
+    }
     let good = call(&setup, &request("m", &chat("m"))).await;
     assert!(matches!(good.last(), Some((_, ResponseFrame::Done))));
 }
