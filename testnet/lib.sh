@@ -58,9 +58,11 @@ port_in_use() {
 
 # Starts a command in a new session, so it leads its own process group and Ctrl-C in the
 # terminal does not reach it. stop_groups later signals the whole group, children included.
+# The log file is created with mode 0600, because the gateway prints its new API key once.
 start_group() {
   local name=$1 log_file=$2
   shift 2
+  (umask 077 && : >"$log_file")
   setsid "$@" >"$log_file" 2>&1 </dev/null &
   GROUP_PIDS+=("$!")
   GROUP_NAMES+=("$name")

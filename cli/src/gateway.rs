@@ -16,7 +16,7 @@ use crate::{DiscoveryArgs, shutdown_signal};
 #[derive(Debug, clap::Args)]
 pub(crate) struct GatewayArgs {
     /// HTTP address to serve the OpenAI-compatible API on [default: 127.0.0.1:8080].
-    #[arg(long, env = "SPARE_GATEWAY_LISTEN")]
+    #[arg(long, value_name = "ADDR", env = "SPARE_GATEWAY_LISTEN")]
     listen: Option<SocketAddr>,
 
     /// Address to listen on for peers (repeatable) [default: /ip4/127.0.0.1/tcp/0].
