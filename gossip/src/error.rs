@@ -39,7 +39,7 @@ pub enum Error {
     Identity {
         /// Key file path.
         path: std::path::PathBuf,
-        /// What is wrong and what to do.
+        /// The problem and how to fix it.
         reason: String,
     },
     /// Building or starting the swarm failed.

@@ -36,7 +36,7 @@ pub struct InferRequest {
     pub voucher: Option<Vec<u8>>,
 }
 
-/// Why a provider refused or failed a request.
+/// The reason a provider refused or failed a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {
     /// The request is malformed or not acceptable (bad body, wrong dialect, voucher).

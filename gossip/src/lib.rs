@@ -9,7 +9,7 @@
 //! - [`streams`]: the libp2p behaviour that opens and accepts the raw request streams.
 //! - [`identity`]: the ed25519 key that is both the libp2p identity and the offer signing key.
 //!
-//! Start reading at [`network`]. This crate knows nothing about HTTP or chains.
+//! Start reading at [`network`]. This crate has no HTTP or chain code.
 
 pub mod framing;
 pub mod identity;

@@ -401,7 +401,7 @@ impl Network {
         });
     }
 
-    /// Answers `/spare/offer/1` requests with our current offer (or none, for a gateway).
+    /// Serves `/spare/offer/1` requests with our current offer (or none, for a gateway).
     fn serve_offer_requests(&mut self) {
         let mut incoming = match self.control.accept(OFFER_PROTOCOL) {
             Ok(incoming) => incoming,
@@ -550,11 +550,6 @@ impl NetworkHandle {
     async fn send(&self, command: Command) -> Result<(), Error> {
         self.commands.send(command).await.map_err(|_| Error::NetworkStopped)
     }
-}
-
-/// The offer of `peer` as held in the book, with its public key; used to check receipts.
-pub fn public_key_of(handle: &NetworkHandle, peer: &PeerId) -> Option<[u8; 32]> {
-    handle.with_book(|book| book.get(peer, now_ms()).map(|o| o.public_key))
 }
 
 fn add_bootstrap_address(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) {

@@ -10,7 +10,7 @@ use libp2p::PeerId;
 
 use crate::offer::{Offer, VerifiedOffer};
 
-/// What [`OfferBook::insert`] did with an offer.
+/// The result of [`OfferBook::insert`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InsertOutcome {
     /// The offer is new or newer than the one held.

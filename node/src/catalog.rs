@@ -1,4 +1,4 @@
-//! What the provider sells: upstream models mapped to canonical ids, with prices.
+//! The provider's catalog: upstream models mapped to canonical ids, with prices.
 
 use std::collections::BTreeMap;
 

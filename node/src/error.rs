@@ -8,7 +8,7 @@ pub enum Error {
     InvalidUpstreamUrl {
         /// The URL as configured.
         url: String,
-        /// What is wrong with it.
+        /// The reason it is unusable.
         reason: String,
     },
     /// The upstream could not be reached.

@@ -22,7 +22,7 @@ struct Usage {
     output_tokens: u64,
 }
 
-/// Why a request ended early, as sent to the buyer.
+/// The reason a request ended early, as sent to the buyer.
 struct Refusal {
     code: ErrorCode,
     message: String,
