@@ -15,12 +15,13 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
+use spare_gossip::offer::now_ms;
 use spare_gossip::{Api, ErrorCode, INFER_PROTOCOL, InferRequest, PeerId};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, truncate_untrusted};
 use crate::provider::{Failure, ProviderStream};
 use crate::relay::{StartedStream, collect_completion, next_relayed, record_failure, relay_as_events};
-use crate::reputation::FailureKind;
+use crate::reputation::{FailureKind, Outcome};
 use crate::select::{Candidate, TokenEstimate, find_candidates, rank};
 use crate::server::{GatewayState, RequestId};
 
@@ -30,6 +31,10 @@ const MAX_ATTEMPTS: usize = 8;
 /// drops packets can hang for minutes, and an unreachable provider should cost less than the
 /// first-chunk timeout.
 const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// First pause before the next round when every provider returned busy. It doubles each round.
+const BUSY_BACKOFF_START: Duration = Duration::from_millis(50);
+/// Maximum pause between two rounds when every provider returned busy.
+const BUSY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// The fields of a chat request that the gateway itself acts on.
 #[derive(Debug)]
@@ -76,16 +81,16 @@ pub(crate) async fn chat_completions(State(state): State<GatewayState>, Extensio
 
 async fn complete(state: GatewayState, request_id: String, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    let body = read_body(&parts.headers, body, state.config.max_body_bytes).await?;
+    let body = read_body(&parts.headers, body, state.config.max_body_bytes, state.config.body_read_timeout).await?;
     let chat = ChatRequest::parse(&body)?;
-    tracing::Span::current().record("model", chat.model.as_str());
+    tracing::Span::current().record("model", truncate_untrusted(&chat.model).as_ref());
 
     let candidates = find_candidates(&state.network, &chat.model, state.config.dht_lookup_timeout).await;
     if candidates.is_empty() {
         return Err(ApiError::ModelNotFound { model: chat.model });
     }
     let estimate = TokenEstimate::from_request(body.len(), &chat.json);
-    let ranked = rank(&chat.model, candidates, &state.reputation.snapshot(), estimate);
+    let ranked = rank(&chat.model, candidates, &state.reputation.snapshot(), estimate, now_ms());
 
     let infer = InferRequest { request_id, model: chat.model.clone(), api: Api::OpenAiChat, body: body.to_vec(), voucher: None };
     let provider = start_with_failover(&state, &ranked, &infer).await.map_err(|failures| all_failed_error(chat.model.clone(), &failures))?;
@@ -93,28 +98,59 @@ async fn complete(state: GatewayState, request_id: String, request: Request) -> 
     if chat.stream { Ok(relay_as_events(state, provider, chat.model, chat.include_usage)) } else { collect_completion(state, provider, chat.model).await }
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads the whole body, within `limit` bytes and within `timeout` for the whole read, so a
+/// client that stops sending mid-body cannot hold the connection open.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ApiError::BodyTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge { limit }),
-        Err(e) => Err(ApiError::BodyUnreadable(e.to_string())),
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ApiError::BodyTimeout { timeout }),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge { limit }),
+        Ok(Err(e)) => Err(ApiError::BodyUnreadable(e.to_string())),
     }
 }
 
-/// Tries the candidates in order until one sends its first event; returns every failure if
-/// none does.
+/// Tries the candidates in order until one sends its first event. When every candidate
+/// returned busy, waits a jittered backoff and tries them all again, until the first-chunk
+/// timeout has passed. Returns the failures of the last round if no provider started.
 async fn start_with_failover(state: &GatewayState, ranked: &[Candidate], request: &InferRequest) -> Result<StartedStream, Vec<Failure>> {
+    let deadline = Instant::now() + state.config.first_chunk_timeout;
+    let mut backoff = BUSY_BACKOFF_START;
+    loop {
+        let failures = match try_each_once(state, ranked, request).await {
+            Ok(provider) => return Ok(provider),
+            Err(failures) => failures,
+        };
+        let pause = jittered(backoff);
+        if !all_busy(&failures) || Instant::now() + pause >= deadline {
+            return Err(failures);
+        }
+        tracing::debug!(attempts = failures.len(), pause_ms = pause.as_millis() as u64, "Every provider is busy; trying again");
+        tokio::time::sleep(pause).await;
+        backoff = (backoff * 2).min(BUSY_BACKOFF_MAX);
+    }
+}
+
+/// Tries each candidate once, in order, recording every outcome but success, which the relay
+/// records once the response is complete.
+async fn try_each_once(state: &GatewayState, ranked: &[Candidate], request: &InferRequest) -> Result<StartedStream, Vec<Failure>> {
     let mut failures = Vec::new();
     for candidate in ranked.iter().take(MAX_ATTEMPTS) {
         tracing::Span::current().record("peer", tracing::field::display(candidate.peer));
         match attempt(state, candidate, request).await {
             Ok(provider) => return Ok(provider),
+            // A busy provider is at its concurrency limit, which is no sign of misbehaviour.
+            Err(failure) if failure.code == Some(ErrorCode::Busy) => {
+                tracing::debug!(peer = %candidate.peer, "Provider is busy; trying the next");
+                state.reputation.record(candidate.peer, Outcome::Busy);
+                failures.push(failure);
+            }
             Err(failure) => {
-                tracing::warn!(peer = %candidate.peer, kind = ?failure.kind, reason = %failure.message, "Provider failed before the first chunk; trying the next");
+                let reason = truncate_untrusted(&failure.message);
+                tracing::warn!(peer = %candidate.peer, kind = ?failure.kind, %reason, "Provider failed before the first chunk; trying the next");
                 record_failure(state, candidate.peer, failure.kind, false).await;
                 failures.push(failure);
             }
@@ -123,13 +159,25 @@ async fn start_with_failover(state: &GatewayState, ranked: &[Candidate], request
     Err(failures)
 }
 
-/// Builds the error for a request that no provider started: 400 when every provider rejected
-/// the request itself (as an upstream does with HTTP 4xx, such as a prompt that is too long),
-/// 503 otherwise.
+fn all_busy(failures: &[Failure]) -> bool {
+    !failures.is_empty() && failures.iter().all(|failure| failure.code == Some(ErrorCode::Busy))
+}
+
+/// Returns a random pause between half of `backoff` and all of it, so requests that found
+/// every provider busy at the same moment do not all come back at the same moment.
+fn jittered(backoff: Duration) -> Duration {
+    let max_ms = backoff.as_millis().max(2) as u64;
+    Duration::from_millis(rand::Rng::random_range(&mut rand::rng(), max_ms / 2..=max_ms))
+}
+
+/// Builds the error for a request that no provider started. It is 400 when every provider
+/// rejected the request itself (as an upstream does with HTTP 4xx, such as a prompt that is too
+/// long). It is 503 with `Retry-After` when every provider was busy, and 503 otherwise.
 fn all_failed_error(model: String, failures: &[Failure]) -> ApiError {
     let all_rejected = !failures.is_empty() && failures.iter().all(|failure| failure.code == Some(ErrorCode::BadRequest));
     match failures.first() {
         Some(first) if all_rejected => ApiError::RejectedByProviders { model, message: first.message.clone() },
+        Some(_) if all_busy(failures) => ApiError::ProvidersBusy { model, retry_after: BUSY_BACKOFF_MAX },
         _ => ApiError::NoProviderAvailable { model, attempts: failures.len() },
     }
 }
@@ -197,10 +245,30 @@ mod tests {
         assert_eq!(error.status(), StatusCode::BAD_REQUEST);
         assert!(error.body()["error"]["message"].as_str().unwrap().contains("prompt too long"));
 
-        let error = all_failed_error("m".into(), &[rejected.clone(), busy]);
+        let error = all_failed_error("m".into(), &[rejected.clone(), busy.clone()]);
         assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.body()["error"]["code"], "no_provider_available");
         assert_eq!(all_failed_error("m".into(), &[rejected, timeout]).status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(all_failed_error("m".into(), &[]).status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn every_provider_busy_gives_retry_after() {
+        let busy = Failure { kind: FailureKind::Refused, message: "full".into(), code: Some(ErrorCode::Busy) };
+        let response = all_failed_error("m".into(), &[busy.clone(), busy]).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+    }
+
+    #[test]
+    fn jitter_stays_within_backoff() {
+        for backoff in [BUSY_BACKOFF_START, BUSY_BACKOFF_MAX] {
+            for _ in 0..100 {
+                let pause = jittered(backoff);
+                assert!(pause >= backoff / 2, "{pause:?} for {backoff:?}");
+                assert!(pause <= backoff, "{pause:?} for {backoff:?}");
+            }
+        }
     }
 
     #[test]

@@ -12,6 +12,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_FIRST_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default maximum silence between two frames after a provider's first chunk.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default time a client has to send the whole request body.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time open connections get to finish after the shutdown signal.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default time allowed for finding providers in the DHT and fetching their offers.
 pub const DEFAULT_DHT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -30,6 +34,11 @@ pub struct GatewayConfig {
     pub idle_timeout: Duration,
     /// Time allowed for a DHT provider lookup plus the offer fetches that follow it.
     pub dht_lookup_timeout: Duration,
+    /// Time a client has to send the whole request body before it gets 408.
+    pub body_read_timeout: Duration,
+    /// Time open connections get to finish after the shutdown signal; then the server stops
+    /// waiting for them.
+    pub shutdown_grace: Duration,
     /// Path of the redb file that stores provider reputation.
     pub reputation_path: PathBuf,
 }
@@ -44,6 +53,8 @@ impl GatewayConfig {
             first_chunk_timeout: DEFAULT_FIRST_CHUNK_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             dht_lookup_timeout: DEFAULT_DHT_LOOKUP_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             reputation_path,
         }
     }
@@ -58,6 +69,8 @@ impl std::fmt::Debug for GatewayConfig {
             .field("first_chunk_timeout", &self.first_chunk_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("dht_lookup_timeout", &self.dht_lookup_timeout)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
             .field("reputation_path", &self.reputation_path)
             .finish()
     }

@@ -16,7 +16,7 @@ use spare_gossip::infer::UsageReceipt;
 use tracing::Instrument;
 
 use crate::aggregate::aggregate_chunks;
-use crate::error::ApiError;
+use crate::error::{ApiError, truncate_untrusted};
 use crate::provider::{Event, Failure, ProviderStream};
 use crate::reputation::{FailureKind, Outcome};
 use crate::server::GatewayState;
@@ -164,7 +164,7 @@ impl Relay {
                 }
                 Err(failure) => {
                     self.finished = true;
-                    self.span.in_scope(|| tracing::warn!(peer = %self.provider.peer, kind = ?failure.kind, reason = %failure.message, "Provider failed mid-stream"));
+                    self.span.in_scope(|| tracing::warn!(peer = %self.provider.peer, kind = ?failure.kind, reason = %truncate_untrusted(&failure.message), "Provider failed mid-stream"));
                     record_failure(&self.state, self.provider.peer, failure.kind, true).instrument(self.span.clone()).await;
                     return Some(ApiError::ProviderFailed { model: self.model.clone(), message: failure.message }.sse_event());
                 }
@@ -250,7 +250,7 @@ pub(crate) async fn collect_completion(state: GatewayState, mut provider: Starte
             Ok(Relayed::Usage(usage)) => receipt = Some(usage),
             Ok(Relayed::Done) => break,
             Err(failure) => {
-                tracing::warn!(peer = %provider.peer, kind = ?failure.kind, reason = %failure.message, "Provider failed mid-response");
+                tracing::warn!(peer = %provider.peer, kind = ?failure.kind, reason = %truncate_untrusted(&failure.message), "Provider failed mid-response");
                 record_failure(&state, provider.peer, failure.kind, true).await;
                 return Err(ApiError::ProviderFailed { model, message: failure.message });
             }

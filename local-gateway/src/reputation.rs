@@ -1,5 +1,6 @@
-//! Provider reputation: successes, failures by kind, latency and speed per peer, kept in memory
-//! for ranking and persisted in redb (table [`PEERS_TABLE`]).
+//! Provider reputation: successes, failures by kind, busy rejections, latency, speed and the
+//! cool-down after consecutive failures per peer, kept in memory for ranking and persisted in
+//! redb (table [`PEERS_TABLE`]).
 //!
 //! Requests update the in-memory numbers and mark the peer dirty. One writer thread owns all
 //! writes: it wakes on each update and commits every dirty peer in one transaction, so no request
@@ -24,6 +25,12 @@ pub const PEERS_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("peer
 
 /// Weight of the newest sample in the moving averages.
 const EWMA_WEIGHT: f64 = 0.3;
+/// Cool-down after one failure; each further consecutive failure doubles it.
+pub const BASE_COOLDOWN: Duration = Duration::from_secs(10);
+/// Maximum cool-down, reached at [`MAX_COOLDOWN_STRIKES`] consecutive failures.
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(600);
+/// Consecutive failures at which the cool-down reaches [`MAX_COOLDOWN`]: 10 s × 2^6 > 600 s.
+pub const MAX_COOLDOWN_STRIKES: u32 = 7;
 /// Pending wake-ups for the writer; one is enough because each write takes every dirty peer.
 const WRITER_CHANNEL_CAPACITY: usize = 4;
 
@@ -77,7 +84,10 @@ impl FailureCounts {
 }
 
 /// Measured statistics of one provider.
+///
+/// Fields missing from a stored row take their default, so rows written by older gateways load.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PeerStats {
     /// Requests completed with a valid receipt.
     pub successes: u64,
@@ -89,6 +99,14 @@ pub struct PeerStats {
     pub tokens_per_second: Option<f64>,
     /// Last request outcome, in milliseconds since the Unix epoch.
     pub last_seen_ms: u64,
+    /// Requests the provider rejected as busy (at its concurrency limit). Not failures: they
+    /// leave the success ratio and the cool-down alone.
+    pub busy: u64,
+    /// Failures since the last success. A malformed frame sets it to at least
+    /// [`MAX_COOLDOWN_STRIKES`], so that one failure earns the maximum cool-down.
+    pub consecutive_failures: u32,
+    /// Time of the last failure, in milliseconds since the Unix epoch; 0 if none.
+    pub last_failure_ms: u64,
 }
 
 impl PeerStats {
@@ -96,6 +114,25 @@ impl PeerStats {
     /// new provider starts at 0.5 rather than at 0 or 1.
     pub fn success_ratio(&self) -> f64 {
         (self.successes as f64 + 1.0) / ((self.successes + self.failures.total()) as f64 + 2.0)
+    }
+
+    /// Returns the end of the provider's cool-down in milliseconds since the Unix epoch, or 0
+    /// when it has no failure since its last success.
+    ///
+    /// After n consecutive failures the cool-down lasts [`BASE_COOLDOWN`] × 2^(n−1), at most
+    /// [`MAX_COOLDOWN`], counted from the last failure.
+    pub fn cooldown_until_ms(&self) -> u64 {
+        if self.consecutive_failures == 0 {
+            return 0;
+        }
+        let doublings = (self.consecutive_failures - 1).min(MAX_COOLDOWN_STRIKES - 1);
+        let cooldown = BASE_COOLDOWN.saturating_mul(1 << doublings).min(MAX_COOLDOWN);
+        self.last_failure_ms.saturating_add(cooldown.as_millis() as u64)
+    }
+
+    /// Returns true while the provider is in a cool-down at time `now_ms`.
+    pub fn is_cooling_down(&self, now_ms: u64) -> bool {
+        now_ms < self.cooldown_until_ms()
     }
 }
 
@@ -111,6 +148,8 @@ pub enum Outcome {
     },
     /// The provider failed.
     Failure(FailureKind),
+    /// The provider rejected the request because it is at its concurrency limit.
+    Busy,
 }
 
 enum WriterMessage {
@@ -119,7 +158,6 @@ enum WriterMessage {
 }
 
 struct Shared {
-    db: Database,
     path: PathBuf,
     stats: Mutex<HashMap<PeerId, PeerStats>>,
     dirty: Mutex<HashSet<PeerId>>,
@@ -153,12 +191,12 @@ impl ReputationStore {
         let stats = load_peers(&db).map_err(|e| store_error(format!("cannot read: {e}; move the file away to start with empty reputation")))?;
         tracing::debug!(path = %path.display(), peers = stats.len(), "Opened reputation store");
 
-        let shared = Arc::new(Shared { db, path: path.to_path_buf(), stats: Mutex::new(stats), dirty: Mutex::new(HashSet::new()) });
+        let shared = Arc::new(Shared { path: path.to_path_buf(), stats: Mutex::new(stats), dirty: Mutex::new(HashSet::new()) });
         let (writer_messages, receiver) = mpsc::channel(WRITER_CHANNEL_CAPACITY);
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("reputation-writer".into())
-            .spawn(move || run_writer(&writer_shared, receiver))
+            .spawn(move || run_writer(db, &writer_shared, receiver))
             .map_err(|e| store_error(format!("cannot start the writer thread: {e}")))?;
 
         Ok(Self { shared, writer_messages, writer: Arc::new(Mutex::new(Some(writer))) })
@@ -210,12 +248,21 @@ fn apply(stats: &mut PeerStats, outcome: Outcome, now_ms: u64) {
     match outcome {
         Outcome::Success { time_to_first_chunk, tokens_per_second } => {
             stats.successes = stats.successes.saturating_add(1);
+            stats.consecutive_failures = 0;
             stats.ttft_ms = Some(moving_average(stats.ttft_ms, time_to_first_chunk.as_secs_f64() * 1000.0));
             if let Some(rate) = tokens_per_second.filter(|rate| rate.is_finite() && *rate >= 0.0) {
                 stats.tokens_per_second = Some(moving_average(stats.tokens_per_second, rate));
             }
         }
-        Outcome::Failure(kind) => stats.failures.increment(kind),
+        Outcome::Failure(kind) => {
+            stats.failures.increment(kind);
+            stats.last_failure_ms = now_ms;
+            stats.consecutive_failures = stats.consecutive_failures.saturating_add(1);
+            if kind == FailureKind::Malformed {
+                stats.consecutive_failures = stats.consecutive_failures.max(MAX_COOLDOWN_STRIKES);
+            }
+        }
+        Outcome::Busy => stats.busy = stats.busy.saturating_add(1),
     }
 }
 
@@ -249,9 +296,12 @@ fn load_peers(db: &Database) -> Result<HashMap<PeerId, PeerStats>, redb::Error> 
 
 /// Writes dirty peers on each wake-up until [`ReputationStore::close`], or until every store
 /// handle is dropped, in which case it writes once more and stops.
-fn run_writer(shared: &Shared, mut messages: mpsc::Receiver<WriterMessage>) {
+///
+/// The thread owns the database, so the file lock is released when it stops, even while
+/// clones of the store are still alive (such as in connection tasks that outlive the server).
+fn run_writer(db: Database, shared: &Shared, mut messages: mpsc::Receiver<WriterMessage>) {
     while let Some(message) = messages.blocking_recv() {
-        let result = write_dirty(shared);
+        let result = write_dirty(&db, shared);
         match message {
             WriterMessage::Wake => {
                 if let Err(e) = result {
@@ -264,13 +314,13 @@ fn run_writer(shared: &Shared, mut messages: mpsc::Receiver<WriterMessage>) {
             }
         }
     }
-    if let Err(e) = write_dirty(shared) {
+    if let Err(e) = write_dirty(&db, shared) {
         tracing::warn!(path = %shared.path.display(), error = %e, "Cannot write reputation before stopping");
     }
 }
 
 /// Commits every dirty peer in one durable transaction. On failure they stay dirty.
-fn write_dirty(shared: &Shared) -> Result<(), GatewayError> {
+fn write_dirty(db: &Database, shared: &Shared) -> Result<(), GatewayError> {
     let peers: Vec<PeerId> = match shared.dirty.lock() {
         Ok(mut dirty) => dirty.drain().collect(),
         Err(_) => return Ok(()),
@@ -286,7 +336,7 @@ fn write_dirty(shared: &Shared) -> Result<(), GatewayError> {
     };
 
     let write = || -> Result<(), redb::Error> {
-        let transaction = shared.db.begin_write()?;
+        let transaction = db.begin_write()?;
         {
             let mut table = transaction.open_table(PEERS_TABLE)?;
             for (peer, value) in &rows {
@@ -345,6 +395,86 @@ mod tests {
         apply(&mut stats, Outcome::Failure(FailureKind::Refused), 1);
         apply(&mut stats, Outcome::Failure(FailureKind::Refused), 1);
         assert!(stats.success_ratio() < 0.5);
+    }
+
+    #[test]
+    fn cooldown_doubles_and_caps() {
+        let mut stats = PeerStats::default();
+        assert_eq!(stats.cooldown_until_ms(), 0);
+        assert!(!stats.is_cooling_down(0));
+
+        let start = 1_000_000;
+        let expected_secs = [10, 20, 40, 80, 160, 320, 600, 600, 600];
+        for (failures, secs) in expected_secs.into_iter().enumerate() {
+            apply(&mut stats, Outcome::Failure(FailureKind::Timeout), start);
+            assert_eq!(stats.consecutive_failures as usize, failures + 1);
+            assert_eq!(stats.cooldown_until_ms(), start + secs * 1000, "after {} failures", failures + 1);
+        }
+        assert!(stats.is_cooling_down(start + 599_999));
+        assert!(!stats.is_cooling_down(start + 600_000));
+
+        stats.consecutive_failures = u32::MAX;
+        assert_eq!(stats.cooldown_until_ms(), start + 600_000);
+    }
+
+    #[test]
+    fn success_ends_cooldown() {
+        let mut stats = PeerStats::default();
+        apply(&mut stats, Outcome::Failure(FailureKind::Refused), 5_000);
+        apply(&mut stats, Outcome::Failure(FailureKind::Unreachable), 6_000);
+        assert!(stats.is_cooling_down(7_000));
+
+        apply(&mut stats, success(100, 10.0), 7_000);
+        assert_eq!(stats.consecutive_failures, 0);
+        assert!(!stats.is_cooling_down(7_000));
+        assert_eq!(stats.last_failure_ms, 6_000);
+    }
+
+    #[test]
+    fn malformed_frame_earns_maximum_cooldown() {
+        let mut stats = PeerStats::default();
+        apply(&mut stats, Outcome::Failure(FailureKind::Malformed), 1_000);
+        assert_eq!(stats.cooldown_until_ms(), 1_000 + MAX_COOLDOWN.as_millis() as u64);
+    }
+
+    #[test]
+    fn busy_is_not_a_failure() {
+        let mut stats = PeerStats::default();
+        apply(&mut stats, success(100, 10.0), 1);
+        let ratio = stats.success_ratio();
+
+        apply(&mut stats, Outcome::Busy, 2);
+        apply(&mut stats, Outcome::Busy, 3);
+        assert_eq!(stats.busy, 2);
+        assert_eq!(stats.failures.total(), 0);
+        assert_eq!(stats.success_ratio(), ratio);
+        assert!(!stats.is_cooling_down(3));
+        assert_eq!(stats.last_seen_ms, 3);
+    }
+
+    #[test]
+    fn rows_without_cooldown_fields_load() {
+        let old_row = br#"{"successes":3,"failures":{"unreachable":0,"refused":1,"timeout":0,"malformed":0,"mid_stream":0},"ttft_ms":120.0,"tokens_per_second":null,"last_seen_ms":9}"#;
+        let stats: PeerStats = serde_json::from_slice(old_row).unwrap();
+        assert_eq!(stats.successes, 3);
+        assert_eq!(stats.failures.refused, 1);
+        assert_eq!(stats.consecutive_failures, 0);
+        assert_eq!(stats.busy, 0);
+    }
+
+    #[tokio::test]
+    async fn close_releases_file_while_clones_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.redb");
+        let store = ReputationStore::open(&path).unwrap();
+        let clone = store.clone();
+        store.record(peer(), Outcome::Busy);
+        store.close().await.unwrap();
+
+        let reopened = ReputationStore::open(&path).unwrap();
+        assert_eq!(reopened.snapshot().len(), 1);
+        reopened.close().await.unwrap();
+        drop(clone);
     }
 
     #[tokio::test]

@@ -1,8 +1,9 @@
 //! Provider selection: finding the providers of a model and ranking them.
 //!
 //! Candidates come from the offer book; when it has none for the model, from a DHT lookup
-//! followed by fetching each found peer's offer. Ranking puts providers with free capacity
-//! first, then orders by expected cost, then by expected latency adjusted for reliability.
+//! followed by fetching each found peer's offer. Ranking puts providers in a cool-down after
+//! recent failures last, then providers at capacity, then orders by expected cost, then by
+//! expected latency adjusted for reliability.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -90,20 +91,28 @@ fn book_candidates(network: &NetworkHandle, model: &str) -> Vec<Candidate> {
         .collect()
 }
 
-/// Orders candidates best first.
+/// Orders candidates best first, as of `now_ms` (milliseconds since the Unix epoch).
 ///
-/// 1. Providers below capacity come before those at capacity (which are kept as a last resort).
-/// 2. Lower expected cost: input price × estimated input tokens + output price × output tokens.
-/// 3. Lower expected latency: the measured time to first chunk divided by the square of the
+/// 1. Providers not in a cool-down come before those that are (see
+///    [`PeerStats::cooldown_until_ms`]), which stay in the list as a last resort.
+/// 2. Providers below capacity come before those at capacity (also kept as a last resort).
+/// 3. Lower expected cost: input price × estimated input tokens + output price × output tokens.
+/// 4. Lower expected latency: the measured time to first chunk divided by the square of the
 ///    success ratio, so unreliability weighs more than speed and a provider that mostly fails
 ///    ranks below one never measured.
-pub fn rank(model: &str, mut candidates: Vec<Candidate>, reputation: &HashMap<PeerId, PeerStats>, estimate: TokenEstimate) -> Vec<Candidate> {
+pub fn rank(
+    model: &str,
+    mut candidates: Vec<Candidate>,
+    reputation: &HashMap<PeerId, PeerStats>,
+    estimate: TokenEstimate,
+    now_ms: u64,
+) -> Vec<Candidate> {
     let unmeasured = PeerStats::default();
     candidates.sort_by_cached_key(|candidate| {
         let stats = reputation.get(&candidate.peer).unwrap_or(&unmeasured);
         // NOTE: `load` is as of the offer's issue time, up to one republish interval old.
         let at_capacity = candidate.offer.load >= candidate.offer.capacity;
-        (at_capacity, expected_cost(&candidate.offer, model, estimate), latency_score(stats))
+        (stats.is_cooling_down(now_ms), at_capacity, expected_cost(&candidate.offer, model, estimate), latency_score(stats))
     });
     candidates
 }
@@ -160,7 +169,7 @@ mod tests {
     fn cheaper_provider_ranks_first() {
         let expensive = candidate(10, 10, 0, 4);
         let cheap = candidate(1, 10, 0, 4);
-        let ranked = rank(MODEL, vec![expensive.clone(), cheap.clone()], &HashMap::new(), ESTIMATE);
+        let ranked = rank(MODEL, vec![expensive.clone(), cheap.clone()], &HashMap::new(), ESTIMATE, now_ms());
         assert_eq!(order(&ranked), [cheap.peer, expensive.peer]);
     }
 
@@ -169,7 +178,7 @@ mod tests {
         // 1000 input tokens and 100 output: 5×1000 + 1×100 < 1×1000 + 50×100.
         let cheap_output = candidate(5, 1, 0, 4);
         let cheap_input = candidate(1, 50, 0, 4);
-        let ranked = rank(MODEL, vec![cheap_input.clone(), cheap_output.clone()], &HashMap::new(), ESTIMATE);
+        let ranked = rank(MODEL, vec![cheap_input.clone(), cheap_output.clone()], &HashMap::new(), ESTIMATE, now_ms());
         assert_eq!(order(&ranked), [cheap_output.peer, cheap_input.peer]);
     }
 
@@ -177,7 +186,7 @@ mod tests {
     fn provider_at_capacity_ranks_last_but_stays() {
         let busy_cheap = candidate(1, 1, 4, 4);
         let free_expensive = candidate(100, 100, 3, 4);
-        let ranked = rank(MODEL, vec![busy_cheap.clone(), free_expensive.clone()], &HashMap::new(), ESTIMATE);
+        let ranked = rank(MODEL, vec![busy_cheap.clone(), free_expensive.clone()], &HashMap::new(), ESTIMATE, now_ms());
         assert_eq!(order(&ranked), [free_expensive.peer, busy_cheap.peer]);
     }
 
@@ -194,8 +203,40 @@ mod tests {
         let flaky_failures = FailureCounts { timeout: 30, ..Default::default() };
         reputation.insert(flaky.peer, PeerStats { successes: 1, failures: flaky_failures, ttft_ms: Some(100.0), ..Default::default() });
 
-        let ranked = rank(MODEL, vec![flaky.clone(), unmeasured.clone(), slow.clone(), fast.clone()], &reputation, ESTIMATE);
+        let ranked = rank(MODEL, vec![flaky.clone(), unmeasured.clone(), slow.clone(), fast.clone()], &reputation, ESTIMATE, now_ms());
         assert_eq!(order(&ranked), [fast.peer, slow.peer, unmeasured.peer, flaky.peer]);
+    }
+
+    #[test]
+    fn provider_in_cooldown_ranks_after_all_others() {
+        let failing_cheap = candidate(1, 1, 0, 4);
+        let busy_expensive = candidate(100, 100, 4, 4);
+        let expensive = candidate(50, 50, 0, 4);
+        let now = now_ms();
+
+        let mut reputation = HashMap::new();
+        let failing_stats = PeerStats { successes: 100, consecutive_failures: 1, last_failure_ms: now - 1000, ..Default::default() };
+        reputation.insert(failing_cheap.peer, failing_stats.clone());
+
+        let candidates = vec![failing_cheap.clone(), busy_expensive.clone(), expensive.clone()];
+        let ranked = rank(MODEL, candidates.clone(), &reputation, ESTIMATE, now);
+        assert_eq!(order(&ranked), [expensive.peer, busy_expensive.peer, failing_cheap.peer]);
+
+        // Once the 10 s cool-down has passed, the cheap provider is first again.
+        let ranked = rank(MODEL, candidates, &reputation, ESTIMATE, now + 9_001);
+        assert_eq!(order(&ranked)[0], failing_cheap.peer);
+    }
+
+    #[test]
+    fn providers_in_cooldown_keep_price_order() {
+        let cheap = candidate(1, 1, 0, 4);
+        let expensive = candidate(10, 10, 0, 4);
+        let now = now_ms();
+        let cooling = PeerStats { consecutive_failures: 2, last_failure_ms: now, ..Default::default() };
+        let reputation = HashMap::from([(cheap.peer, cooling.clone()), (expensive.peer, cooling)]);
+
+        let ranked = rank(MODEL, vec![expensive.clone(), cheap.clone()], &reputation, ESTIMATE, now);
+        assert_eq!(order(&ranked), [cheap.peer, expensive.peer]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -21,11 +21,12 @@ use spare_gossip::infer::MAX_REQUEST_FRAME_BYTES;
 use spare_gossip::offer::now_ms;
 use spare_gossip::{NetworkHandle, Offer, PeerId};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::api_key::{key_from_headers, keys_match};
 use crate::chat::chat_completions;
-use crate::error::ApiError;
+use crate::error::{ApiError, truncate_untrusted};
 use crate::reputation::ReputationStore;
 use crate::{GatewayConfig, GatewayError};
 
@@ -129,10 +130,49 @@ pub async fn serve_on(
     let state = GatewayState::new(config, network, reputation.clone(), local_addr);
 
     tracing::info!(addr = %local_addr, "Gateway listening");
-    let served = axum::serve(with_nodelay(listener), router(state)).with_graceful_shutdown(shutdown).await.map_err(GatewayError::Serve);
+    let grace = state.config.shutdown_grace;
+    let served = serve_until_deadline(listener, router(state), shutdown, grace).await;
     let closed = reputation.close().await;
     tracing::info!(addr = %local_addr, "Gateway stopped");
     served.and(closed)
+}
+
+/// Serves until `shutdown` completes, then lets open connections finish for at most `grace`.
+///
+/// NOTE: axum 0.8's `serve` sets no header-read timeout (hyper 1.x applies its 30 s default
+/// only when given a timer). So a client that never finishes its request head keeps its
+/// connection open while the gateway runs, and delays shutdown by up to `grace`. Body reads
+/// are bounded by `body_read_timeout` in the chat handler.
+async fn serve_until_deadline(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<(), GatewayError> {
+    let (signalled, signal_seen) = oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!(grace_secs = grace.as_secs_f64(), "Shutting down; waiting for open connections");
+        let _ = signalled.send(());
+    };
+    let server = axum::serve(with_nodelay(listener), router).with_graceful_shutdown(signal).into_future();
+    let deadline = async move {
+        match signal_seen.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            // The server stopped before the signal; the other branch has finished.
+            Err(_) => std::future::pending().await,
+        }
+    };
+
+    tokio::select! {
+        served = server => served.map_err(GatewayError::Serve),
+        () = deadline => {
+            // Dropping the server future stops accepting and stops waiting. Connection tasks
+            // that axum spawned run on until their own timeouts end them.
+            tracing::warn!(grace_secs = grace.as_secs_f64(), "Connections still open after the shutdown grace period; stopped waiting");
+            Ok(())
+        }
+    }
 }
 
 fn check_config(config: &GatewayConfig) -> Result<(), GatewayError> {
@@ -142,6 +182,9 @@ fn check_config(config: &GatewayConfig) -> Result<(), GatewayError> {
     let max = MAX_REQUEST_FRAME_BYTES - REQUEST_FRAME_HEADER_ROOM;
     if config.max_body_bytes == 0 || config.max_body_bytes > max {
         return Err(GatewayError::Config(format!("--max-body-bytes is {}; choose a value from 1 to {max}", config.max_body_bytes)));
+    }
+    if config.body_read_timeout.is_zero() {
+        return Err(GatewayError::Config("the body read timeout is 0, which rejects every request with a body; choose a positive duration".into()));
     }
     Ok(())
 }
@@ -155,7 +198,7 @@ async fn trace_request(mut request: Request, next: Next) -> Response {
         "request",
         request_id = %request_id,
         method = %request.method(),
-        path = %request.uri().path(),
+        path = %truncate_untrusted(request.uri().path()),
         model = tracing::field::Empty,
         peer = tracing::field::Empty,
     );
@@ -186,7 +229,7 @@ async fn check_origin(State(state): State<GatewayState>, request: Request, next:
     if let Some(origin) = request.headers().get(ORIGIN) {
         let origin = origin.to_str().unwrap_or("<not UTF-8>");
         if !state.allowed_origins.iter().any(|allowed| allowed == origin) {
-            tracing::info!(origin, "Rejected cross-origin request");
+            tracing::info!(origin = %truncate_untrusted(origin), "Rejected cross-origin request");
             return ApiError::CrossOrigin { origin: origin.to_owned() }.into_response();
         }
     }
@@ -262,6 +305,7 @@ async fn providers(State(state): State<GatewayState>) -> axum::Json<Value> {
                 "reputation": reputation.get(&peer).map(|stats| {
                     let mut value = serde_json::to_value(stats).unwrap_or(Value::Null);
                     value["success_ratio"] = json!(stats.success_ratio());
+                    value["cooldown_until_ms"] = json!(stats.cooldown_until_ms());
                     value
                 }),
             })
@@ -285,6 +329,16 @@ mod tests {
     use axum::serve::Listener;
 
     use super::*;
+
+    #[test]
+    fn zero_body_read_timeout_is_rejected() {
+        let mut config = GatewayConfig::new("sk-spare-test".into(), "unused.redb".into());
+        assert!(check_config(&config).is_ok());
+
+        config.body_read_timeout = Duration::ZERO;
+        let error = check_config(&config).unwrap_err().to_string();
+        assert!(error.contains("body read timeout"), "{error}");
+    }
 
     #[tokio::test]
     async fn accepted_connections_have_nodelay() {

@@ -12,7 +12,10 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use spare_gossip::offer::now_ms;
 use spare_testkit::{FailureMode, Script, ToolCallScript};
-use support::{API_KEY, Gateway, MODEL, NodeProvider, MANUAL_TEXT, Manual, ManualProvider, chat_body, read_events, streamed_text};
+use support::{
+    API_KEY, Gateway, MANUAL_TEXT, MODEL, Manual, ManualProvider, NodeProvider, chat_body, chat_request_head, read_events, read_response, streamed_text,
+};
+use tokio::io::AsyncWriteExt;
 
 const CHEAP: u64 = 1;
 const EXPENSIVE: u64 = 10;
@@ -496,4 +499,143 @@ async fn concurrent_requests_all_complete() {
     assert!(texts.iter().all(|text| *text == expected), "{texts:?}\n{providers:?}");
     // A provider refuses a request over its limit before it calls the upstream.
     assert_eq!(first.upstream.chat_request_count() + second.upstream.chat_request_count(), 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_provider_is_skipped_after_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = NodeProvider::start(failing_script(FailureMode::HangBeforeResponse), CHEAP).await;
+    let good = NodeProvider::start(script(), EXPENSIVE).await;
+    let mut gateway = Gateway::start(&[&silent.peer, &good.peer], dir.path(), |_| {}).await;
+    gateway.wait_for_offers(&[silent.peer_id(), good.peer_id()]).await;
+
+    // The first request waits out the 2 s first-chunk timeout on the cheap silent provider.
+    let started = Instant::now();
+    assert_chat_works(&gateway, &good).await;
+    assert!(started.elapsed() >= Duration::from_secs(2), "the silent provider was not tried first");
+    assert_eq!(silent.upstream.chat_request_count(), 1);
+
+    // The silent provider is in a cool-down, so the next request goes to the good one at once.
+    let started = Instant::now();
+    assert_chat_works(&gateway, &good).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "second request took {:?}", started.elapsed());
+    assert_eq!(silent.upstream.chat_request_count(), 1);
+    let entry = gateway.provider_entry(silent.peer_id()).await;
+    assert_eq!(entry["reputation"]["consecutive_failures"], 1);
+    assert!(entry["reputation"]["cooldown_until_ms"].as_u64().unwrap() > now_ms());
+
+    // The cool-down is stored, so it still applies after a restart.
+    gateway.stop().await;
+    let restarted = Gateway::start(&[&silent.peer, &good.peer], dir.path(), |_| {}).await;
+    restarted.wait_for_offers(&[silent.peer_id(), good.peer_id()]).await;
+    let started = Instant::now();
+    assert_chat_works(&restarted, &good).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "request after restart took {:?}", started.elapsed());
+    assert_eq!(silent.upstream.chat_request_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_providers_are_retried_not_blamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = script().with_gap(Duration::from_millis(100));
+    let first = NodeProvider::start_with(slow.clone(), CHEAP, |settings| settings.max_concurrent = 2).await;
+    let second = NodeProvider::start_with(slow, EXPENSIVE, |settings| settings.max_concurrent = 2).await;
+    let gateway = Gateway::start(&[&first.peer, &second.peer], dir.path(), |config| config.first_chunk_timeout = Duration::from_secs(10)).await;
+    gateway.wait_for_offers(&[first.peer_id(), second.peer_id()]).await;
+
+    // 12 requests of about 0.4 s each against 4 slots in all: most find both providers busy.
+    let requests = (0..12).map(|i| {
+        let request = gateway.post_chat(&chat_body(false));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, response.text().await.unwrap(), i)
+        }
+    });
+    let responses = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(requests)).await.expect("requests finished in time");
+    for (status, body, i) in &responses {
+        assert_eq!(*status, StatusCode::OK, "request {i}: {body}");
+    }
+
+    let mut busy = 0;
+    let mut successes = 0;
+    for provider in [first.peer_id(), second.peer_id()] {
+        let reputation = gateway.provider_entry(provider).await["reputation"].clone();
+        let failures: u64 = reputation["failures"].as_object().unwrap().values().map(|count| count.as_u64().unwrap()).sum();
+        assert_eq!(failures, 0, "{reputation}");
+        assert_eq!(reputation["consecutive_failures"], 0, "{reputation}");
+        busy += reputation["busy"].as_u64().unwrap();
+        successes += reputation["successes"].as_u64().unwrap();
+    }
+    assert_eq!(successes, 12);
+    assert!(busy > 0, "no provider was ever busy, so the test proved nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_body_gets_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = NodeProvider::start(script(), EXPENSIVE).await;
+    let gateway = Gateway::start(&[&provider.peer], dir.path(), |config| config.body_read_timeout = Duration::from_secs(1)).await;
+    gateway.wait_for_offers(&[provider.peer_id()]).await;
+
+    let mut stalled = gateway.connect().await;
+    stalled.write_all(format!("{}{{\"model\": ", chat_request_head(1000)).as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), read_response(&mut stalled)).await.expect("a response to the stalled request");
+    assert!(started.elapsed() < Duration::from_secs(3), "408 took {:?}", started.elapsed());
+    assert_eq!(status, 408);
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "request_timeout");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+
+    assert_chat_works(&gateway, &provider).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_stalled_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = NodeProvider::start(script(), EXPENSIVE).await;
+    let grace = Duration::from_secs(1);
+    let mut gateway = Gateway::start(&[&provider.peer], dir.path(), |config| {
+        config.body_read_timeout = Duration::from_secs(60);
+        config.shutdown_grace = grace;
+    })
+    .await;
+    gateway.wait_for_offers(&[provider.peer_id()]).await;
+    assert_chat_works(&gateway, &provider).await;
+
+    let mut stalled = gateway.connect().await;
+    stalled.write_all(format!("{}{{\"model\": ", chat_request_head(1000)).as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), gateway.stop_http()).await.expect("serve returned");
+    assert!(started.elapsed() < grace + Duration::from_secs(2), "shutdown took {:?}", started.elapsed());
+
+    // The store was committed and its file released, so a new gateway opens it at once.
+    let restarted = Gateway::start(&[], dir.path(), |_| {}).await;
+    let entry = restarted.provider_entry(provider.peer_id()).await;
+    assert_eq!(entry["reputation"]["successes"], 1);
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_model_and_path_are_not_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&[], dir.path(), |config| config.dht_lookup_timeout = Duration::from_millis(200)).await;
+
+    let model = "m".repeat(100_000);
+    let response = gateway.post_chat(&json!({ "model": model, "messages": [] })).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body = response.text().await.unwrap();
+    assert!(body.len() < 1024, "404 body has {} bytes", body.len());
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "model_not_found");
+    assert!(error["error"]["message"].as_str().unwrap().contains("100000 bytes"), "{body}");
+
+    let path = format!("/{}", "p".repeat(60_000));
+    let response = Gateway::client().get(format!("{}{path}", gateway.url)).bearer_auth(API_KEY).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body = response.text().await.unwrap();
+    assert!(body.len() < 1024, "404 body has {} bytes", body.len());
 }

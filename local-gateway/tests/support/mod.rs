@@ -94,6 +94,11 @@ pub struct NodeProvider {
 
 impl NodeProvider {
     pub async fn start(script: Script, price: u64) -> Self {
+        Self::start_with(script, price, |_| {}).await
+    }
+
+    /// Starts a provider whose settings `configure` may change, for example `max_concurrent`.
+    pub async fn start_with(script: Script, price: u64, configure: impl FnOnce(&mut NodeSettings)) -> Self {
         let upstream = ScriptedUpstream::start(script).await.unwrap();
         let peer = Peer::start(vec![]).await;
         peer.address().await;
@@ -104,6 +109,8 @@ impl NodeProvider {
             offer_ttl: Duration::from_secs(30),
             ..Default::default()
         };
+        let mut settings = settings;
+        configure(&mut settings);
         let (stop, stopped) = oneshot::channel::<()>();
         let key = peer.identity.signing_key.clone();
         let handle = peer.handle.clone();
@@ -272,13 +279,24 @@ impl Gateway {
 
     /// Stops the HTTP server, which commits the reputation store, and the swarm.
     pub async fn stop(&mut self) {
+        self.stop_http().await;
+        self.peer.stop().await;
+    }
+
+    /// Sends the shutdown signal and waits until `serve_on` has returned.
+    pub async fn stop_http(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }
-        self.peer.stop().await;
+    }
+
+    /// Opens a raw TCP connection to the gateway, for clients that misbehave below HTTP.
+    pub async fn connect(&self) -> tokio::net::TcpStream {
+        let addr = self.url.strip_prefix("http://").unwrap();
+        tokio::net::TcpStream::connect(addr).await.unwrap()
     }
 
     pub fn client() -> reqwest::Client {
@@ -343,6 +361,33 @@ pub fn streamed_text(events: &[SseEvent]) -> String {
         .filter_map(|event| serde_json::from_str::<Value>(&event.data).ok())
         .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// Builds the head of a chat request that declares a body of `content_length` bytes.
+pub fn chat_request_head(content_length: usize) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n"
+    )
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body; returns the status and the body.
+pub async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        if let Some(head_end) = received.windows(4).position(|window| window == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&received[..head_end]).to_lowercase();
+            let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+            let length: usize = head.lines().find_map(|line| line.strip_prefix("content-length: ")).unwrap().trim().parse().unwrap();
+            if received.len() >= head_end + 4 + length {
+                return (status, received[head_end + 4..head_end + 4 + length].to_vec());
+            }
+        }
+        let read = stream.read(&mut buffer).await.unwrap();
+        assert!(read > 0, "connection closed before a whole response: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buffer[..read]);
+    }
 }
 
 /// Builds a minimal chat request for [`MODEL`].
