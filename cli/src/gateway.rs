@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use spare_gateway::{GatewayConfig, load_or_create_api_key};
+use spare_gateway::{GatewayConfig, GatewayError, load_or_create_api_key};
 use spare_gossip::identity::Identity;
 use spare_gossip::{Multiaddr, Network, NetworkConfig};
 
@@ -37,6 +37,13 @@ pub(crate) struct GatewayArgs {
 }
 
 pub(crate) async fn run(args: GatewayArgs, data_dir: &Path, file: ConfigFile) -> anyhow::Result<()> {
+    // Bind first, so a busy port fails before a key or identity is created.
+    let listen = pick(args.listen, file.gateway.listen, spare_gateway::config::DEFAULT_LISTEN);
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => GatewayError::AddressInUse { addr: listen },
+        _ => GatewayError::Bind { addr: listen, source },
+    })?;
+
     let gateway_dir = data_dir.join("gateway");
     let api_key = match std::env::var("SPARE_API_KEY") {
         Ok(key) if !key.is_empty() => key,
@@ -51,7 +58,7 @@ pub(crate) async fn run(args: GatewayArgs, data_dir: &Path, file: ConfigFile) ->
     };
 
     let mut config = GatewayConfig::new(api_key, gateway_dir.join("reputation.redb"));
-    config.listen = pick(args.listen, file.gateway.listen, config.listen);
+    config.listen = listen;
     config.max_body_bytes = pick(args.max_body_bytes, file.gateway.max_body_bytes, config.max_body_bytes);
     let default_timeout = config.first_chunk_timeout.as_millis() as u64;
     config.first_chunk_timeout = Duration::from_millis(pick(args.first_chunk_timeout_ms, file.gateway.first_chunk_timeout_ms, default_timeout));
@@ -69,7 +76,7 @@ pub(crate) async fn run(args: GatewayArgs, data_dir: &Path, file: ConfigFile) ->
 
     let (network, handle) = Network::new(&identity, network_config)?;
     let network_task = tokio::spawn(network.run());
-    let result = spare_gateway::serve(config, handle.clone(), shutdown_signal()).await;
+    let result = spare_gateway::serve_on(listener, config, handle.clone(), shutdown_signal()).await;
 
     handle.shutdown().await;
     let _ = network_task.await;

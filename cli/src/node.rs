@@ -50,6 +50,8 @@ pub(crate) async fn run(args: NodeArgs, data_dir: &Path, file: ConfigFile) -> an
         ..defaults
     };
 
+    // Reject bad settings before anything is written to the data dir.
+    settings.validate()?;
     let identity = Identity::load_or_create(&data_dir.join("node").join("identity.key")).context("cannot load the node identity")?;
     let (bootstrap, mdns) = args.discovery.merge(&file.network);
     let default_listen: Multiaddr = "/ip4/0.0.0.0/tcp/4001".parse()?;

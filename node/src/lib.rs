@@ -68,6 +68,22 @@ impl Default for NodeSettings {
     }
 }
 
+impl NodeSettings {
+    /// Checks the settings and builds a client per upstream, without contacting any.
+    pub fn validate(&self) -> Result<Vec<Upstream>, Error> {
+        if self.upstreams.is_empty() {
+            return Err(Error::Config("no upstream configured; pass --upstream http://HOST:PORT/v1".into()));
+        }
+        if self.max_concurrent == 0 {
+            return Err(Error::Config("max_concurrent must be at least 1".into()));
+        }
+        if self.offer_ttl <= self.offer_interval {
+            return Err(Error::Config("offer_ttl must be longer than offer_interval, or offers lapse between rounds".into()));
+        }
+        self.upstreams.iter().map(|url| Upstream::new(url)).collect()
+    }
+}
+
 /// The provider's shared state: upstreams, the current catalog and the admission limit.
 pub struct Provider {
     settings: NodeSettings,
@@ -80,16 +96,7 @@ pub struct Provider {
 impl Provider {
     /// Checks the settings and creates the provider; no upstream is contacted yet.
     pub fn new(settings: NodeSettings, signing_key: SigningKey) -> Result<Arc<Self>, Error> {
-        if settings.upstreams.is_empty() {
-            return Err(Error::Config("no upstream configured; pass --upstream http://HOST:PORT/v1".into()));
-        }
-        if settings.max_concurrent == 0 {
-            return Err(Error::Config("max_concurrent must be at least 1".into()));
-        }
-        if settings.offer_ttl <= settings.offer_interval {
-            return Err(Error::Config("offer_ttl must be longer than offer_interval, or offers lapse between rounds".into()));
-        }
-        let upstreams = settings.upstreams.iter().map(|url| Upstream::new(url)).collect::<Result<Vec<_>, _>>()?;
+        let upstreams = settings.validate()?;
         let permits = Arc::new(Semaphore::new(settings.max_concurrent as usize));
         Ok(Arc::new(Self { settings, upstreams, catalog: RwLock::default(), permits, signing_key }))
     }
