@@ -506,19 +506,20 @@ async fn silent_provider_is_skipped_after_failover() {
     let dir = tempfile::tempdir().unwrap();
     let silent = NodeProvider::start(failing_script(FailureMode::HangBeforeResponse), CHEAP).await;
     let good = NodeProvider::start(script(), EXPENSIVE).await;
-    let mut gateway = Gateway::start(&[&silent.peer, &good.peer], dir.path(), |_| {}).await;
+    let timeout = Duration::from_secs(3);
+    let mut gateway = Gateway::start(&[&silent.peer, &good.peer], dir.path(), |config| config.first_chunk_timeout = timeout).await;
     gateway.wait_for_offers(&[silent.peer_id(), good.peer_id()]).await;
 
-    // The first request waits out the 2 s first-chunk timeout on the cheap silent provider.
+    // The first request waits out the first-chunk timeout on the cheap silent provider.
     let started = Instant::now();
     assert_chat_works(&gateway, &good).await;
-    assert!(started.elapsed() >= Duration::from_secs(2), "the silent provider was not tried first");
+    assert!(started.elapsed() >= timeout, "the silent provider was not tried first");
     assert_eq!(silent.upstream.chat_request_count(), 1);
 
     // The silent provider is in a cool-down, so the next request goes to the good one at once.
     let started = Instant::now();
     assert_chat_works(&gateway, &good).await;
-    assert!(started.elapsed() < Duration::from_secs(1), "second request took {:?}", started.elapsed());
+    assert!(started.elapsed() < timeout - Duration::from_secs(1), "second request took {:?}", started.elapsed());
     assert_eq!(silent.upstream.chat_request_count(), 1);
     let entry = gateway.provider_entry(silent.peer_id()).await;
     assert_eq!(entry["reputation"]["consecutive_failures"], 1);
@@ -526,11 +527,11 @@ async fn silent_provider_is_skipped_after_failover() {
 
     // The cool-down is stored, so it still applies after a restart.
     gateway.stop().await;
-    let restarted = Gateway::start(&[&silent.peer, &good.peer], dir.path(), |_| {}).await;
+    let restarted = Gateway::start(&[&silent.peer, &good.peer], dir.path(), |config| config.first_chunk_timeout = timeout).await;
     restarted.wait_for_offers(&[silent.peer_id(), good.peer_id()]).await;
     let started = Instant::now();
     assert_chat_works(&restarted, &good).await;
-    assert!(started.elapsed() < Duration::from_secs(1), "request after restart took {:?}", started.elapsed());
+    assert!(started.elapsed() < timeout - Duration::from_secs(1), "request after restart took {:?}", started.elapsed());
     assert_eq!(silent.upstream.chat_request_count(), 1);
 }
 
