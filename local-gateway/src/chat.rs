@@ -148,6 +148,12 @@ async fn try_each_once(state: &GatewayState, ranked: &[Candidate], request: &Inf
                 state.reputation.record(candidate.peer, Outcome::Busy);
                 failures.push(failure);
             }
+            Err(failure) if failure.code == Some(ErrorCode::BadRequest) => {
+                let reason = truncate_untrusted(&failure.message);
+                tracing::info!(peer = %candidate.peer, %reason, "Provider rejected the request as invalid; trying the next");
+                state.reputation.record(candidate.peer, Outcome::RejectedAsInvalid);
+                failures.push(failure);
+            }
             Err(failure) => {
                 let reason = truncate_untrusted(&failure.message);
                 tracing::warn!(peer = %candidate.peer, kind = ?failure.kind, %reason, "Provider failed before the first chunk; trying the next");

@@ -150,6 +150,9 @@ pub enum Outcome {
     Failure(FailureKind),
     /// The provider rejected the request because it is at its concurrency limit.
     Busy,
+    /// The provider rejected the request as invalid. It counts as a refusal but starts no
+    /// cool-down, because the client's request may be at fault rather than the provider.
+    RejectedAsInvalid,
 }
 
 enum WriterMessage {
@@ -263,6 +266,7 @@ fn apply(stats: &mut PeerStats, outcome: Outcome, now_ms: u64) {
             }
         }
         Outcome::Busy => stats.busy = stats.busy.saturating_add(1),
+        Outcome::RejectedAsInvalid => stats.failures.increment(FailureKind::Refused),
     }
 }
 
@@ -450,6 +454,15 @@ mod tests {
         assert_eq!(stats.success_ratio(), ratio);
         assert!(!stats.is_cooling_down(3));
         assert_eq!(stats.last_seen_ms, 3);
+    }
+
+    #[test]
+    fn invalid_request_rejection_starts_no_cooldown() {
+        let mut stats = PeerStats::default();
+        apply(&mut stats, Outcome::RejectedAsInvalid, 1_000);
+        assert_eq!(stats.failures.refused, 1);
+        assert_eq!(stats.consecutive_failures, 0);
+        assert!(!stats.is_cooling_down(1_000));
     }
 
     #[test]

@@ -270,6 +270,13 @@ async fn request_rejected_by_every_provider_gives_400() {
     assert!(error["message"].as_str().unwrap().contains("HTTP 400"), "{error}");
     assert_eq!(first.upstream.chat_request_count(), 1);
     assert_eq!(second.upstream.chat_request_count(), 1);
+
+    // The client's request was at fault, so neither provider is put in a cool-down.
+    for provider in [first.peer_id(), second.peer_id()] {
+        let reputation = gateway.provider_entry(provider).await["reputation"].clone();
+        assert_eq!(reputation["failures"]["refused"], 1, "{reputation}");
+        assert_eq!(reputation["consecutive_failures"], 0, "{reputation}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
