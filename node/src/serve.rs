@@ -78,7 +78,7 @@ impl Provider {
         let response = upstream.chat_completions(body).await.map_err(upstream_refusal)?;
         write(stream, &ResponseFrame::Started { api: Api::OpenAiChat }).await?;
 
-        let usage = self.relay(stream, response).await?;
+        let usage = self.relay(stream, response, &entry).await?;
         let receipt = UsageReceipt::sign(&self.signing_key, &request.request_id, &entry.id, usage.input_tokens, usage.output_tokens)
             .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
         write(stream, &ResponseFrame::Usage(receipt)).await?;
@@ -105,7 +105,7 @@ impl Provider {
     }
 
     /// Relays upstream events as chunks until the upstream finishes; returns the usage.
-    async fn relay(&self, stream: &mut libp2p::Stream, response: reqwest::Response) -> Result<Usage, Refusal> {
+    async fn relay(&self, stream: &mut libp2p::Stream, response: reqwest::Response, entry: &CatalogEntry) -> Result<Usage, Refusal> {
         let idle = self.settings.upstream_idle_timeout;
         let mut body = response.bytes_stream();
         let mut parser = SseParser::default();
@@ -141,7 +141,8 @@ impl Provider {
                     usage = Some(reported);
                 }
                 chunks += 1;
-                write(stream, &ResponseFrame::Chunk { data: data.into_bytes() }).await?;
+                let data = if entry.upstream_model == entry.id { data.into_bytes() } else { with_model(data, &entry.id) };
+                write(stream, &ResponseFrame::Chunk { data }).await?;
             }
             if finished {
                 return Ok(usage.unwrap_or_else(|| estimated_usage(chunks)));
@@ -170,6 +171,20 @@ fn upstream_body(body: &[u8], upstream_model: &str) -> Result<Vec<u8>, String> {
         None => return Err("stream_options must be an object".into()),
     }
     serde_json::to_vec(&value).map_err(|e| e.to_string())
+}
+
+/// Replaces the upstream's model name in a chunk with the canonical id the buyer asked for,
+/// so an alias such as a local file path is not shown to buyers. A chunk that is not a JSON
+/// object passes unchanged; the buyer's checks reject it.
+fn with_model(data: String, model: &str) -> Vec<u8> {
+    let Ok(mut value) = serde_json::from_str::<Value>(&data) else {
+        return data.into_bytes();
+    };
+    match value.get_mut("model") {
+        Some(field) => *field = Value::String(model.to_owned()),
+        None => return data.into_bytes(),
+    }
+    serde_json::to_vec(&value).unwrap_or_else(|_| data.into_bytes())
 }
 
 /// Reads OpenAI's `usage` object from a chunk, if it has a non-null one.
@@ -242,6 +257,13 @@ mod tests {
         assert_eq!(rewritten["stream_options"]["include_usage"], true);
         assert_eq!(rewritten["x_extra"]["a"], 1);
         assert_eq!(rewritten["messages"][0]["content"][0]["text"], "hi");
+    }
+
+    #[test]
+    fn chunk_model_becomes_the_canonical_id() {
+        let chunk = r#"{"id":"c","model":"/models/gemma.gguf","choices":[]}"#.to_owned();
+        assert_eq!(with_model(chunk, "gemma-3-270m"), br#"{"id":"c","model":"gemma-3-270m","choices":[]}"#);
+        assert_eq!(with_model("not json".to_owned(), "m"), b"not json");
     }
 
     #[test]

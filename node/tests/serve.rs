@@ -271,3 +271,24 @@ async fn stalled_request_frames_hold_permits_not_memory() {
     let good = call(&setup, &request("m", &chat("m"))).await;
     assert!(matches!(good.last(), Some((_, ResponseFrame::Done))));
 }
+
+#[tokio::test]
+async fn aliased_model_is_served_under_its_canonical_id() {
+    let setup = setup_with(Script::new("/models/gemma.gguf"), |settings| {
+        settings.aliases.insert("/models/gemma.gguf".into(), "gemma".into());
+    })
+    .await;
+
+    let frames = call(&setup, &request("gemma", &chat("gemma"))).await;
+    assert!(matches!(frames.last(), Some((_, ResponseFrame::Done))));
+
+    assert_eq!(setup.upstream.requests()[0]["model"], "/models/gemma.gguf");
+    for (_, frame) in &frames {
+        if let ResponseFrame::Chunk { data } = frame {
+            let chunk: Value = serde_json::from_slice(data).unwrap();
+            assert_eq!(chunk["model"], "gemma");
+        }
+    }
+    let unknown = call(&setup, &request("/models/gemma.gguf", &chat("x"))).await;
+    assert_eq!(error_code(&unknown), Some(ErrorCode::ModelNotFound));
+}
