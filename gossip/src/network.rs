@@ -134,6 +134,7 @@ impl Network {
         let mut swarm = build_swarm(identity, &config, &topic, stream_config)?;
 
         for addr in &config.listen {
+            ensure_port_free(addr)?;
             swarm.listen_on(addr.clone()).map_err(|e| Error::Setup(format!("cannot listen on {addr}: {e}; choose another address or port")))?;
         }
         for addr in &config.bootstrap {
@@ -549,6 +550,37 @@ impl NetworkHandle {
 
     async fn send(&self, command: Command) -> Result<(), Error> {
         self.commands.send(command).await.map_err(|_| Error::NetworkStopped)
+    }
+}
+
+/// Fails if another process already listens on the TCP port of `addr`.
+///
+/// libp2p-tcp 0.45 sets SO_REUSEPORT on every listening socket, so a second process on the
+/// same port would start without error and the kernel would split connections between the
+/// two. A plain bind, without that option, detects the conflict first. Port 0 is skipped.
+fn ensure_port_free(addr: &Multiaddr) -> Result<(), Error> {
+    let mut ip = None;
+    let mut port = None;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::Ip4(v4) => ip = Some(std::net::IpAddr::V4(v4)),
+            Protocol::Ip6(v6) => ip = Some(std::net::IpAddr::V6(v6)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some(port)) = (ip, port) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Ok(_probe) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(Error::Setup(format!("cannot listen on {addr}: port {port} is already in use; choose another with --listen")))
+        }
+        Err(e) => Err(Error::Setup(format!("cannot listen on {addr}: {e}; choose another address or port"))),
     }
 }
 

@@ -156,3 +156,20 @@ async fn late_joining_provider_is_seen_within_seconds() {
     wait_for("the late provider's offer", || price_seen(&gateway, &provider, "m6")).await;
     assert!(joined.elapsed() < Duration::from_secs(5), "took {:?}", joined.elapsed());
 }
+
+#[tokio::test]
+async fn second_listener_on_a_busy_port_is_rejected() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let config = NetworkConfig { listen: vec![addr], mdns: false, ..Default::default() };
+
+    let (first, _first_handle) = Network::new(&Identity::generate().unwrap(), config.clone()).unwrap();
+    let first_task = tokio::spawn(first.run());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let err = Network::new(&Identity::generate().unwrap(), config).err().expect("second listener must fail").to_string();
+    assert!(err.contains("already in use"), "{err}");
+    first_task.abort();
+}
