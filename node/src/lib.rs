@@ -90,6 +90,8 @@ pub struct Provider {
     upstreams: Vec<Upstream>,
     catalog: RwLock<Arc<Catalog>>,
     permits: Arc<Semaphore>,
+    /// Request frames being read, per peer; see [`serve::reads_per_peer_limit`].
+    reads_in_progress: std::sync::Mutex<std::collections::HashMap<spare_gossip::PeerId, usize>>,
     signing_key: SigningKey,
 }
 
@@ -98,7 +100,7 @@ impl Provider {
     pub fn new(settings: NodeSettings, signing_key: SigningKey) -> Result<Arc<Self>, Error> {
         let upstreams = settings.validate()?;
         let permits = Arc::new(Semaphore::new(settings.max_concurrent as usize));
-        Ok(Arc::new(Self { settings, upstreams, catalog: RwLock::default(), permits, signing_key }))
+        Ok(Arc::new(Self { settings, upstreams, catalog: RwLock::default(), permits, reads_in_progress: Default::default(), signing_key }))
     }
 
     /// The models on sale now.

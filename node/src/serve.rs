@@ -39,7 +39,7 @@ impl Provider {
     pub async fn handle_stream(self: Arc<Self>, peer: PeerId, mut stream: libp2p::Stream) {
         let span = tracing::info_span!("infer", %peer, request_id = tracing::field::Empty, model = tracing::field::Empty);
         async move {
-            let outcome = self.answer(&mut stream).await;
+            let outcome = self.answer(peer, &mut stream).await;
             if let Err(refusal) = outcome {
                 tracing::info!(code = ?refusal.code, message = %refusal.message, "Request failed");
                 let frame = ResponseFrame::Error { code: refusal.code, message: refusal.message };
@@ -53,7 +53,12 @@ impl Provider {
         .await
     }
 
-    async fn answer(&self, stream: &mut libp2p::Stream) -> Result<(), Refusal> {
+    async fn answer(&self, peer: PeerId, stream: &mut libp2p::Stream) -> Result<(), Refusal> {
+        // A peer may have only a few request frames in flight, so one peer that stalls its
+        // frames cannot take every slot. An honest buyer sends its frame at once, so its
+        // reads finish in a round trip.
+        let read_slot = self.take_read_slot(peer)?;
+
         // The permit comes before the request is read, so at most `max_concurrent` request
         // frames (up to 33 MiB each) are in memory at once, whatever the number of streams.
         let _permit: OwnedSemaphorePermit = self
@@ -68,6 +73,7 @@ impl Provider {
             Ok(Err(e)) => return Err(Refusal::new(ErrorCode::BadRequest, format!("invalid request frame: {e}"))),
             Err(_) => return Err(Refusal::new(ErrorCode::BadRequest, "no request frame arrived in time")),
         };
+        drop(read_slot);
         request.validate().map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
         let span = tracing::Span::current();
         span.record("request_id", request.request_id.as_str());
@@ -85,6 +91,17 @@ impl Provider {
         write(stream, &ResponseFrame::Done).await?;
         tracing::info!(input_tokens = usage.input_tokens, output_tokens = usage.output_tokens, "Request served");
         Ok(())
+    }
+
+    fn take_read_slot(&self, peer: PeerId) -> Result<ReadSlot<'_>, Refusal> {
+        let mut reads = self.reads_in_progress.lock().map_err(|_| Refusal::new(ErrorCode::Internal, "read table poisoned"))?;
+        let limit = reads_per_peer_limit(self.settings.max_concurrent);
+        let count = reads.entry(peer).or_insert(0);
+        if *count >= limit {
+            return Err(Refusal::new(ErrorCode::Busy, format!("this peer already has {limit} request frames in flight")));
+        }
+        *count += 1;
+        Ok(ReadSlot { provider: self, peer })
     }
 
     /// Checks the request header and body and prepares the upstream body.
@@ -235,6 +252,33 @@ pub(crate) async fn accept_loop(provider: Arc<Provider>, mut incoming: spare_gos
         }
     }
     tasks.shutdown().await;
+}
+
+/// Returns how many request frames one peer may have in flight at once: half the
+/// concurrency limit, and at least 4. A peer that stalls its frames then holds at most half
+/// the slots, while a gateway's burst of requests still fits.
+pub fn reads_per_peer_limit(max_concurrent: u32) -> usize {
+    (max_concurrent as usize / 2).max(4)
+}
+
+/// A peer's claim on one of its reads (see [`reads_per_peer_limit`]), released on drop.
+struct ReadSlot<'a> {
+    provider: &'a Provider,
+    peer: PeerId,
+}
+
+impl Drop for ReadSlot<'_> {
+    fn drop(&mut self) {
+        let Ok(mut reads) = self.provider.reads_in_progress.lock() else {
+            return;
+        };
+        if let Some(count) = reads.get_mut(&self.peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                reads.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// Default time allowed for the buyer's request frame to arrive.

@@ -292,3 +292,39 @@ async fn aliased_model_is_served_under_its_canonical_id() {
     let unknown = call(&setup, &request("/models/gemma.gguf", &chat("x"))).await;
     assert_eq!(error_code(&unknown), Some(ErrorCode::ModelNotFound));
 }
+
+#[tokio::test]
+async fn one_peer_cannot_stall_every_slot() {
+    let setup = setup_with(Script::new("m"), |settings| {
+        settings.max_concurrent = 8;
+        settings.request_read_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let limit = spare_node::serve::reads_per_peer_limit(8);
+
+    // The buyer stalls more request frames than it may have in flight.
+    let mut stalled = Vec::new();
+    for _ in 0..limit + 2 {
+        let mut stream = setup.buyer.open_stream(setup.provider, INFER_PROTOCOL).await.unwrap();
+        stream.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for stream in stalled.iter_mut().skip(limit) {
+        assert_eq!(error_code(&read_all(stream).await), Some(ErrorCode::Busy));
+    }
+
+    // Another peer still finds free slots.
+    let other_identity = Identity::generate().unwrap();
+    let node_addr = setup.buyer.with_book(|book| book.get(&setup.provider, now_ms()).unwrap().multiaddrs()[0].clone());
+    let (other_network, other) = Network::new(&other_identity, NetworkConfig { bootstrap: vec![node_addr], ..loopback() }).unwrap();
+    let other_task = tokio::spawn(other_network.run());
+    wait_for(|| other.with_book(|book| book.contains(&setup.provider, now_ms())).then_some(())).await;
+
+    let mut stream = other.open_stream(setup.provider, INFER_PROTOCOL).await.unwrap();
+    framing::write_frame(&mut stream, &request("m", &chat("m")), MAX_REQUEST_FRAME_BYTES).await.unwrap();
+    let frames = read_all(&mut stream).await;
+    assert!(matches!(frames.last(), Some((_, ResponseFrame::Done))), "{frames:?}");
+    other_task.abort();
+}
