@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use spare_gateway::{GatewayConfig, GatewayError, load_or_create_api_key};
 use spare_gossip::identity::Identity;
-use spare_gossip::{Multiaddr, Network, NetworkConfig};
+use spare_gossip::Multiaddr;
 
 use crate::config::{ConfigFile, pick, pick_list};
-use crate::{DiscoveryArgs, shutdown_signal};
+use crate::{DiscoveryArgs, shutdown_signal, with_network};
 
 /// Flags of `spare gateway`.
 #[derive(Debug, clap::Args)]
@@ -64,21 +64,10 @@ pub(crate) async fn run(args: GatewayArgs, data_dir: &Path, file: ConfigFile) ->
     config.first_chunk_timeout = Duration::from_millis(pick(args.first_chunk_timeout_ms, file.gateway.first_chunk_timeout_ms, default_timeout));
 
     let identity = Identity::load_or_create(&gateway_dir.join("identity.key")).context("cannot load the gateway identity")?;
-    let (bootstrap, mdns) = args.discovery.merge(&file.network);
     let default_listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse()?;
-    let network_config = NetworkConfig {
-        listen: pick_list(args.p2p_listen, file.gateway.p2p_listen, vec![default_listen]),
-        bootstrap,
-        mdns,
-        idle_connection_timeout: Duration::from_secs(60),
-    };
+    let network_config = args.discovery.network_config(pick_list(args.p2p_listen, file.gateway.p2p_listen, vec![default_listen]), &file.network);
     tracing::info!(peer = %identity.peer_id(), http = %config.listen, "Starting gateway");
 
-    let (network, handle) = Network::new(&identity, network_config)?;
-    let network_task = tokio::spawn(network.run());
-    let result = spare_gateway::serve_on(listener, config, handle.clone(), shutdown_signal()).await;
-
-    handle.shutdown().await;
-    let _ = network_task.await;
+    let result = with_network(&identity, network_config, |handle| spare_gateway::serve_on(listener, config, handle, shutdown_signal())).await?;
     result.context("gateway failed")
 }

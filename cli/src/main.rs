@@ -10,8 +10,11 @@ mod wallet;
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
-use spare_gossip::Multiaddr;
+use spare_gossip::identity::Identity;
+use spare_gossip::{Multiaddr, Network, NetworkConfig, NetworkHandle};
 
 /// A hubless peer-to-peer market for LLM inference.
 #[derive(Debug, Parser)]
@@ -56,12 +59,31 @@ struct DiscoveryArgs {
 }
 
 impl DiscoveryArgs {
-    /// Merges these flags with the `[network]` section of the config file.
-    fn merge(&self, file: &config::NetworkSection) -> (Vec<Multiaddr>, bool) {
-        let bootstrap = config::pick_list(self.bootstrap.clone(), file.bootstrap.clone(), Vec::new());
-        let mdns = if self.no_mdns { false } else { file.mdns.unwrap_or(true) };
-        (bootstrap, mdns)
+    /// Builds the swarm settings from these flags, the `[network]` section of the config file
+    /// and the listen addresses already picked for the role.
+    fn network_config(&self, listen: Vec<Multiaddr>, file: &config::NetworkSection) -> NetworkConfig {
+        NetworkConfig {
+            listen,
+            bootstrap: config::pick_list(self.bootstrap.clone(), file.bootstrap.clone(), Vec::new()),
+            mdns: if self.no_mdns { false } else { file.mdns.unwrap_or(true) },
+            idle_connection_timeout: Duration::from_secs(60),
+        }
     }
+}
+
+/// Starts the swarm, runs `role` with its handle, then stops the swarm.
+async fn with_network<T, F, Fut>(identity: &Identity, config: NetworkConfig, role: F) -> anyhow::Result<T>
+where
+    F: FnOnce(NetworkHandle) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let (network, handle) = Network::new(identity, config)?;
+    let network_task = tokio::spawn(network.run());
+    let result = role(handle.clone()).await;
+
+    handle.shutdown().await;
+    let _ = network_task.await;
+    Ok(result)
 }
 
 fn main() -> std::process::ExitCode {

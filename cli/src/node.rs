@@ -1,15 +1,14 @@
 //! `spare node`: the provider.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context;
 use spare_gossip::identity::Identity;
-use spare_gossip::{Multiaddr, Network, NetworkConfig};
+use spare_gossip::Multiaddr;
 use spare_node::{NodeSettings, Price};
 
 use crate::config::{ConfigFile, pick, pick_list};
-use crate::{DiscoveryArgs, shutdown_signal};
+use crate::{DiscoveryArgs, shutdown_signal, with_network};
 
 /// Flags of `spare node`.
 #[derive(Debug, clap::Args)]
@@ -53,21 +52,11 @@ pub(crate) async fn run(args: NodeArgs, data_dir: &Path, file: ConfigFile) -> an
     // Reject bad settings before anything is written to the data dir.
     settings.validate()?;
     let identity = Identity::load_or_create(&data_dir.join("node").join("identity.key")).context("cannot load the node identity")?;
-    let (bootstrap, mdns) = args.discovery.merge(&file.network);
     let default_listen: Multiaddr = "/ip4/0.0.0.0/tcp/4001".parse()?;
-    let network_config = NetworkConfig {
-        listen: pick_list(args.listen, file.node.listen, vec![default_listen]),
-        bootstrap,
-        mdns,
-        idle_connection_timeout: Duration::from_secs(60),
-    };
+    let network_config = args.discovery.network_config(pick_list(args.listen, file.node.listen, vec![default_listen]), &file.network);
     tracing::info!(peer = %identity.peer_id(), upstreams = ?settings.upstreams, "Starting provider node");
 
-    let (network, handle) = Network::new(&identity, network_config)?;
-    let network_task = tokio::spawn(network.run());
-    let result = spare_node::run(settings, identity.signing_key.clone(), handle.clone(), shutdown_signal()).await;
-
-    handle.shutdown().await;
-    let _ = network_task.await;
+    let signing_key = identity.signing_key.clone();
+    let result = with_network(&identity, network_config, |handle| spare_node::run(settings, signing_key, handle, shutdown_signal())).await?;
     result.context("provider node failed")
 }
