@@ -20,7 +20,8 @@ fn gateway_on_busy_port_creates_no_key() {
 
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("already in use") && stderr.contains("--listen"), "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    assert!(stderr.contains("--listen"), "{stderr}");
     assert!(!dir.path().join("gateway").exists(), "the gateway wrote to its data dir before failing");
     assert!(output.stdout.is_empty(), "the gateway printed a key before failing");
 }
@@ -38,7 +39,7 @@ fn node_without_upstream_creates_no_identity() {
 }
 
 #[test]
-fn unknown_config_key_is_rejected_with_the_file_named() {
+fn unknown_config_key_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "[node]\nupstream = \"http://127.0.0.1:1/v1\"\n").unwrap();
@@ -47,5 +48,6 @@ fn unknown_config_key_is_rejected_with_the_file_named() {
 
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("config.toml") && stderr.contains("upstream"), "{stderr}");
+    assert!(stderr.contains("config.toml"), "{stderr}");
+    assert!(stderr.contains("upstream"), "{stderr}");
 }

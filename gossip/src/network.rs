@@ -236,7 +236,7 @@ impl Network {
         }
         match self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
             Ok(_) => Ok(()),
-            // Nobody listening yet is normal at start; peers fetch the offer when they connect.
+            // No subscriber yet is normal at start, because peers fetch the offer when they connect.
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
             Err(gossipsub::PublishError::Duplicate) => Ok(()),
             Err(e) => Err(Error::Setup(format!("cannot publish offer: {e}"))),
@@ -450,7 +450,7 @@ impl NetworkHandle {
         }
     }
 
-    /// The addresses the swarm listens on now.
+    /// Returns the addresses the swarm listens on now.
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.shared.listen_addrs.read().map(|a| a.clone()).unwrap_or_default()
     }
@@ -609,8 +609,8 @@ fn build_swarm(identity: &Identity, config: &NetworkConfig, topic: &gossipsub::I
     kad_config.set_provider_record_ttl(Some(Duration::from_secs(600)));
     kad_config.set_provider_publication_interval(Some(Duration::from_secs(300)));
     let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
-    // Loopback and LAN peers never get a confirmed external address, so Kademlia would stay
-    // in client mode and answer no queries; every spare peer serves the DHT.
+    // Loopback and LAN peers never get a confirmed external address, and Kademlia would then
+    // stay in client mode and serve no queries. Every spare peer therefore serves the DHT.
     kad.set_mode(Some(kad::Mode::Server));
 
     let mdns = if config.mdns { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id).map_err(|e| setup(&e))?) } else { None };

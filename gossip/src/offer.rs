@@ -105,7 +105,7 @@ impl Offer {
         self.issued_at_ms.saturating_add(u64::from(self.ttl_secs) * 1000)
     }
 
-    /// The addresses that parse as multiaddrs; unparsable ones are skipped.
+    /// Returns the addresses that parse as multiaddrs, skipping the rest.
     pub fn multiaddrs(&self) -> Vec<Multiaddr> {
         self.addresses.iter().filter_map(|bytes| Multiaddr::try_from(bytes.to_vec()).ok()).collect()
     }
@@ -162,7 +162,7 @@ pub fn peer_id_of(public_key: &[u8; 32]) -> Result<PeerId, Error> {
     Ok(libp2p::identity::PublicKey::from(key).to_peer_id())
 }
 
-/// The current time in milliseconds since the Unix epoch.
+/// Returns the current time in milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

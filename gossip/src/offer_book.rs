@@ -72,12 +72,12 @@ impl OfferBook {
         self.offers.remove(peer);
     }
 
-    /// Whether an unexpired offer from `peer` is held.
+    /// Returns whether the book contains an unexpired offer from `peer`.
     pub fn contains(&self, peer: &PeerId, now_ms: u64) -> bool {
         self.offers.get(peer).is_some_and(|v| v.offer.expires_at_ms() > now_ms)
     }
 
-    /// The unexpired offer of one provider.
+    /// Returns the unexpired offer of one provider.
     pub fn get(&self, peer: &PeerId, now_ms: u64) -> Option<&Offer> {
         self.offers.get(peer).map(|v| &v.offer).filter(|o| o.expires_at_ms() > now_ms)
     }
@@ -91,7 +91,7 @@ impl OfferBook {
             .collect()
     }
 
-    /// Every model on offer, with its provider count and lowest prices, sorted by id.
+    /// Returns every model on offer, with its provider count and lowest prices, sorted by id.
     pub fn models(&self, now_ms: u64) -> Vec<ModelSummary> {
         let mut by_id: HashMap<&str, ModelSummary> = HashMap::new();
         for verified in self.offers.values().filter(|v| v.offer.expires_at_ms() > now_ms) {

@@ -64,7 +64,7 @@ impl Catalog {
         self.entries.get(id)
     }
 
-    /// Whether nothing is on sale.
+    /// Returns whether nothing is on sale.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -74,7 +74,7 @@ impl Catalog {
         self.entries.keys().map(String::as_str)
     }
 
-    /// The models as they appear in an offer.
+    /// Returns the models as they appear in an offer.
     pub fn model_offers(&self) -> Vec<ModelOffer> {
         self.entries
             .values()

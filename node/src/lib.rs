@@ -103,7 +103,7 @@ impl Provider {
         Ok(Arc::new(Self { settings, upstreams, catalog: RwLock::default(), permits, reads_in_progress: Default::default(), signing_key }))
     }
 
-    /// The models on sale now.
+    /// Returns the models on sale now.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().map(|c| c.clone()).unwrap_or_default()
     }

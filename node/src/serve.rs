@@ -255,7 +255,7 @@ pub(crate) async fn accept_loop(provider: Arc<Provider>, mut incoming: spare_gos
 }
 
 /// Returns how many request frames one peer may have in flight at once: half the
-/// concurrency limit, and at least 4. A peer that stalls its frames then holds at most half
+/// concurrency limit, and at least 4. A peer that stalls its frames then takes at most half
 /// the slots, while a gateway's burst of requests still fits.
 pub fn reads_per_peer_limit(max_concurrent: u32) -> usize {
     (max_concurrent as usize / 2).max(4)
