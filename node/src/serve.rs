@@ -154,11 +154,11 @@ impl Provider {
                 if data.trim() == "[DONE]" {
                     return Ok(usage.unwrap_or_else(|| estimated_usage(chunks)));
                 }
-                if let Some(reported) = usage_of(&data) {
-                    usage = Some(reported);
+                let (data, reported) = prepare_chunk(data, entry);
+                if reported.is_some() {
+                    usage = reported;
                 }
                 chunks += 1;
-                let data = if entry.upstream_model == entry.id { data.into_bytes() } else { with_model(data, &entry.id) };
                 write(stream, &ResponseFrame::Chunk { data }).await?;
             }
             if finished {
@@ -190,27 +190,35 @@ fn upstream_body(body: &[u8], upstream_model: &str) -> Result<Vec<u8>, String> {
     serde_json::to_vec(&value).map_err(|e| e.to_string())
 }
 
-/// Replaces the upstream's model name in a chunk with the canonical id the buyer asked for,
-/// so an alias such as a local file path is not shown to buyers. A chunk that is not a JSON
-/// object passes unchanged; the buyer's checks reject it.
-fn with_model(data: String, model: &str) -> Vec<u8> {
-    let Ok(mut value) = serde_json::from_str::<Value>(&data) else {
-        return data.into_bytes();
-    };
-    match value.get_mut("model") {
-        Some(field) => *field = Value::String(model.to_owned()),
-        None => return data.into_bytes(),
+/// Prepares one upstream chunk for the buyer and reads the usage it reports, if any.
+///
+/// When the upstream's model name differs from the canonical id, the chunk's `model` is set
+/// to the canonical id, so an alias such as a local file path is not shown to buyers. The
+/// chunk is parsed at most once, and not at all when neither applies. A chunk that is not a
+/// JSON object passes unchanged, and the buyer's checks reject it.
+fn prepare_chunk(data: String, entry: &CatalogEntry) -> (Vec<u8>, Option<Usage>) {
+    let rename = entry.upstream_model != entry.id;
+    if !rename && !data.contains("\"usage\"") {
+        return (data.into_bytes(), None);
     }
-    serde_json::to_vec(&value).unwrap_or_else(|_| data.into_bytes())
+    let Ok(mut value) = serde_json::from_str::<Value>(&data) else {
+        return (data.into_bytes(), None);
+    };
+    let usage = usage_in(&value);
+    if !rename {
+        return (data.into_bytes(), usage);
+    }
+    match value.get_mut("model") {
+        Some(field) => *field = Value::String(entry.id.clone()),
+        None => return (data.into_bytes(), usage),
+    }
+    let bytes = serde_json::to_vec(&value).unwrap_or_else(|_| data.into_bytes());
+    (bytes, usage)
 }
 
-/// Reads OpenAI's `usage` object from a chunk, if it has a non-null one.
-fn usage_of(data: &str) -> Option<Usage> {
-    if !data.contains("\"usage\"") {
-        return None;
-    }
-    let value: Value = serde_json::from_str(data).ok()?;
-    let usage = value.get("usage")?.as_object()?;
+/// Reads OpenAI's `usage` object from a parsed chunk, if it has a non-null one.
+fn usage_in(chunk: &Value) -> Option<Usage> {
+    let usage = chunk.get("usage")?.as_object()?;
     Some(Usage {
         input_tokens: usage.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
         output_tokens: usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
@@ -289,6 +297,10 @@ pub(crate) const DEFAULT_REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30
 mod tests {
     use super::*;
 
+    fn entry(id: &str, upstream_model: &str) -> CatalogEntry {
+        CatalogEntry { id: id.into(), upstream: 0, upstream_model: upstream_model.into(), price: crate::Price { input: 1, output: 1 }, apis: vec![Api::OpenAiChat] }
+    }
+
     #[test]
     fn upstream_body_keeps_unknown_fields_in_order() {
         let body = br#"{"model":"canonical","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"tools":[{"type":"function","function":{"name":"f","parameters":{}}}],"seed":7,"x_extra":{"a":1},"stream":false}"#;
@@ -305,9 +317,10 @@ mod tests {
 
     #[test]
     fn chunk_model_becomes_the_canonical_id() {
+        let aliased = entry("gemma-3-270m", "/models/gemma.gguf");
         let chunk = r#"{"id":"c","model":"/models/gemma.gguf","choices":[]}"#.to_owned();
-        assert_eq!(with_model(chunk, "gemma-3-270m"), br#"{"id":"c","model":"gemma-3-270m","choices":[]}"#);
-        assert_eq!(with_model("not json".to_owned(), "m"), b"not json");
+        assert_eq!(prepare_chunk(chunk, &aliased).0, br#"{"id":"c","model":"gemma-3-270m","choices":[]}"#);
+        assert_eq!(prepare_chunk("not json".to_owned(), &aliased).0, b"not json");
     }
 
     #[test]
@@ -319,8 +332,13 @@ mod tests {
 
     #[test]
     fn usage_is_read_from_the_usage_chunk_only() {
+        let usage_of = |chunk: &str| prepare_chunk(chunk.to_owned(), &entry("m", "m")).1;
         assert_eq!(usage_of(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#), Some(Usage { input_tokens: 3, output_tokens: 5 }));
         assert_eq!(usage_of(r#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#), None);
         assert_eq!(usage_of(r#"{"choices":[{"delta":{"content":"usage"}}]}"#), None);
+
+        // A renamed chunk still reports its usage.
+        let renamed = prepare_chunk(r#"{"model":"u","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#.to_owned(), &entry("m", "u"));
+        assert_eq!(renamed.1, Some(Usage { input_tokens: 1, output_tokens: 2 }));
     }
 }
