@@ -45,8 +45,3 @@ pub const KAD_PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/s
 pub fn model_key(model: &str) -> libp2p::kad::RecordKey {
     libp2p::kad::RecordKey::new(&format!("/spare/model/1/{model}"))
 }
-
-/// Returns the `/p2p/<peer>` multiaddr component, for building dialable addresses.
-pub fn network_p2p(peer: PeerId) -> libp2p::multiaddr::Protocol<'static> {
-    libp2p::multiaddr::Protocol::P2p(peer)
-}

@@ -59,7 +59,7 @@ async fn address_of(peer: &Peer) -> Multiaddr {
 /// Dials `to` from `from` and waits until the connection is up.
 async fn connect(from: &Peer, to: &Peer) {
     let to_id = to.handle.local_peer_id();
-    let addr = address_of(to).await.with(spare_gossip::network_p2p(to_id));
+    let addr = address_of(to).await.with(libp2p::multiaddr::Protocol::P2p(to_id));
     from.handle.dial(addr).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !from.handle.connected_peers().contains(&to_id) {

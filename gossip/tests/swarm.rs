@@ -99,7 +99,7 @@ async fn dht_lookup_finds_a_provider_two_hops_away() {
     let relay = start_peer(vec![]).await;
     let relay_addr = address_of(&relay).await;
     let relay_id = relay.identity.peer_id();
-    let with_id = relay_addr.with(spare_gossip::network_p2p(relay_id));
+    let with_id = relay_addr.with(libp2p::multiaddr::Protocol::P2p(relay_id));
     let provider = start_peer(vec![with_id.clone()]).await;
     let gateway = start_peer(vec![with_id]).await;
     wait_for("both peers connected to the relay", || (relay.handle.connected_peers().len() == 2).then_some(())).await;
