@@ -148,7 +148,7 @@ async fn send_one(
         return sample;
     }
 
-    let mut parser = SseParser::default();
+    let mut parser = spare_node::sse::SseParser::default();
     let mut done = false;
     let mut body = response.bytes_stream();
     while let Some(item) = body.next().await {
@@ -159,7 +159,11 @@ async fn send_one(
                 return sample;
             }
         };
-        for data in parser.push(&bytes) {
+        if let Err(error) = parser.push(&bytes) {
+            sample.error = Some(error.to_string());
+            return sample;
+        }
+        while let Some(data) = parser.next_data() {
             if data == "[DONE]" {
                 done = true;
             } else if has_content(&data) {
@@ -193,72 +197,10 @@ fn has_content(data: &str) -> bool {
         .is_some_and(|content| !content.is_empty())
 }
 
-/// An incremental parser for the `data` fields of a server-sent event stream.
-///
-/// Events end at a blank line. As the SSE specification requires, several `data:` lines in
-/// one event are joined with `\n`, and other fields (`event:`, `id:`, comments) are ignored.
-#[derive(Debug, Default)]
-pub(crate) struct SseParser {
-    pending: Vec<u8>,
-    data: Option<String>,
-}
-
-impl SseParser {
-    /// Feeds bytes and returns the `data` of every event they complete.
-    pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.pending.extend_from_slice(bytes);
-        let mut events = Vec::new();
-        let mut consumed = 0;
-        while let Some(newline) = self.pending[consumed..]
-            .iter()
-            .position(|&byte| byte == b'\n')
-        {
-            let line_end = consumed + newline;
-            let line = String::from_utf8_lossy(&self.pending[consumed..line_end]);
-            let line = line.strip_suffix('\r').unwrap_or(&line);
-            if line.is_empty() {
-                if let Some(data) = self.data.take() {
-                    events.push(data);
-                }
-            } else if let Some(value) = line.strip_prefix("data:") {
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match &mut self.data {
-                    Some(data) => {
-                        data.push('\n');
-                        data.push_str(value);
-                    }
-                    None => self.data = Some(value.to_owned()),
-                }
-            }
-            consumed = line_end + 1;
-        }
-        self.pending.drain(..consumed);
-        events
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sse_parser_handles_split_events() {
-        let mut parser = SseParser::default();
-        assert!(parser.push(b"data: {\"a\"").is_empty());
-        assert!(parser.push(b":1}\n").is_empty());
-        assert_eq!(
-            parser.push(b"\ndata: [DONE]\n\n"),
-            vec!["{\"a\":1}", "[DONE]"]
-        );
-    }
-
-    #[test]
-    fn sse_parser_joins_data_lines_and_skips_fields() {
-        let mut parser = SseParser::default();
-        let events = parser.push(b": comment\r\nevent: x\r\ndata: one\r\ndata:two\r\n\r\n");
-        assert_eq!(events, vec!["one\ntwo"]);
-    }
 
     use spare_testkit::{FailureMode, Script, ScriptedUpstream};
 

@@ -1,10 +1,10 @@
 //! A minimal Server-Sent Events reader for upstream responses.
 //!
 //! It splits a byte stream into events at blank lines and joins each event's `data:` lines
-//! with `\n`, as the SSE specification says. Comments and other fields are skipped, because
+//! with `\n`, as the SSE specification requires. Comments and other fields are skipped, because
 //! OpenAI-compatible servers carry everything in `data:`.
 
-use bytes::{Buf, BytesMut};
+use std::collections::VecDeque;
 
 use crate::Error;
 
@@ -12,72 +12,70 @@ use crate::Error;
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Incremental SSE parser: feed it bytes, take out complete event payloads.
+///
+/// Lines may end with `\n` or `\r\n`, and an event ends at an empty line.
 #[derive(Debug, Default)]
 pub struct SseParser {
-    buffer: BytesMut,
+    /// Bytes of a line whose end has not arrived yet.
+    partial_line: Vec<u8>,
+    /// The `data` of the event being read, if it has any.
+    data: Option<String>,
+    /// Data of events that are complete but not yet taken.
+    ready: VecDeque<String>,
 }
 
 impl SseParser {
     /// Appends bytes received from the upstream.
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.buffer.extend_from_slice(bytes);
-        if self.buffer.len() > MAX_EVENT_BYTES && find_event_end(&self.buffer).is_none() {
+        let mut rest = bytes;
+        while let Some(newline) = rest.iter().position(|&byte| byte == b'\n') {
+            self.partial_line.extend_from_slice(&rest[..newline]);
+            let line = std::mem::take(&mut self.partial_line);
+            self.take_line(&line);
+            rest = &rest[newline + 1..];
+        }
+        self.partial_line.extend_from_slice(rest);
+
+        let event_bytes = self.partial_line.len() + self.data.as_ref().map_or(0, String::len);
+        if event_bytes > MAX_EVENT_BYTES {
             return Err(Error::UpstreamProtocol(format!("an event exceeds {MAX_EVENT_BYTES} bytes")));
         }
         Ok(())
     }
 
-    /// Takes the next complete event's data, skipping events that carry no data.
+    /// Takes the next complete event's data; events without data are skipped.
     pub fn next_data(&mut self) -> Option<String> {
-        while let Some((end, separator_len)) = find_event_end(&self.buffer) {
-            let event = self.buffer.split_to(end);
-            self.buffer.advance(separator_len);
-            if let Some(data) = data_of(&event) {
-                return Some(data);
-            }
-        }
-        None
+        self.ready.pop_front()
     }
 
-    /// Takes the data of a final event that was not followed by a blank line.
+    /// Takes the data of a final event that was not followed by an empty line.
     pub fn finish(&mut self) -> Option<String> {
-        let rest = std::mem::take(&mut self.buffer);
-        data_of(&rest)
-    }
-}
-
-/// Finds the end of the first event and the length of the blank-line separator after it.
-fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i + 1 < buffer.len() {
-        if buffer[i] == b'\n' && buffer[i + 1] == b'\n' {
-            return Some((i, 2));
+        let line = std::mem::take(&mut self.partial_line);
+        if !line.is_empty() {
+            self.take_line(&line);
         }
-        if buffer[i..].starts_with(b"\r\n\r\n") {
-            return Some((i, 4));
-        }
-        i += 1;
+        self.data.take()
     }
-    None
-}
 
-fn data_of(event: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(event);
-    let mut data: Option<String> = None;
-    for line in text.lines() {
-        let Some(value) = line.strip_prefix("data:") else {
-            continue;
+    fn take_line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            self.ready.extend(self.data.take());
+            return;
+        }
+        let Some(value) = line.strip_prefix(b"data:") else {
+            return;
         };
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match &mut data {
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        let value = String::from_utf8_lossy(value);
+        match &mut self.data {
             Some(joined) => {
                 joined.push('\n');
-                joined.push_str(value);
+                joined.push_str(&value);
             }
-            None => data = Some(value.to_owned()),
+            None => self.data = Some(value.into_owned()),
         }
     }
-    data
 }
 
 #[cfg(test)]
@@ -116,5 +114,23 @@ mod tests {
         let mut parser = SseParser::default();
         let big = vec![b'x'; MAX_EVENT_BYTES + 1];
         assert!(parser.push(&big).is_err());
+    }
+
+    #[test]
+    fn event_split_inside_a_line_is_reassembled() {
+        let mut parser = SseParser::default();
+        parser.push(b"data: {\"a\"").unwrap();
+        parser.push(b":1}\n").unwrap();
+        assert_eq!(parser.next_data(), None);
+        parser.push(b"\ndata: [DONE]\n\n").unwrap();
+        assert_eq!(parser.next_data().as_deref(), Some("{\"a\":1}"));
+        assert_eq!(parser.next_data().as_deref(), Some("[DONE]"));
+    }
+
+    #[test]
+    fn data_without_space_and_mixed_line_ends_are_handled() {
+        let mut parser = SseParser::default();
+        parser.push(b": comment\r\nevent: x\r\ndata: one\r\ndata:two\r\n\n").unwrap();
+        assert_eq!(parser.next_data().as_deref(), Some("one\ntwo"));
     }
 }
