@@ -83,7 +83,7 @@ pub(crate) fn pick_list<T>(cli: Vec<T>, file: Option<Vec<T>>, default: Vec<T>) -
     if cli.is_empty() { file.unwrap_or(default) } else { cli }
 }
 
-/// The default data dir, `~/.spare`.
+/// Returns the default data dir, `~/.spare`.
 pub(crate) fn default_data_dir() -> PathBuf {
     std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".spare")
 }

@@ -63,7 +63,7 @@ impl Identity {
         Self::from_secret(secret)
     }
 
-    /// The libp2p peer id of this identity.
+    /// Returns the libp2p peer id of this identity.
     pub fn peer_id(&self) -> libp2p::PeerId {
         self.keypair.public().to_peer_id()
     }

@@ -1,6 +1,6 @@
 //! The inference stream protocol, `/spare/infer/1`.
 //!
-//! The buyer opens a stream and writes one [`InferRequest`] frame. The provider answers with
+//! The buyer opens a stream and writes one [`InferRequest`] frame. The provider replies with
 //! [`ResponseFrame`]s: `Started`, then any number of `Chunk`s, then `Usage` and `Done`; or an
 //! `Error` at any point, after which it closes the stream. Frames use [`crate::framing`].
 
@@ -63,7 +63,7 @@ pub enum ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ResponseFrame {
-    /// The provider accepted the request and the upstream answered.
+    /// The provider accepted the request and the upstream responded.
     Started {
         /// The dialect the chunks are in.
         api: Api,
@@ -77,7 +77,7 @@ pub enum ResponseFrame {
     },
     /// Token counts for the whole request, signed by the provider.
     Usage(UsageReceipt),
-    /// The answer is complete; no frame follows.
+    /// The response is complete, and no frame follows.
     Done,
     /// The request failed; no frame follows.
     Error {

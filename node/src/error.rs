@@ -19,7 +19,7 @@ pub enum Error {
         /// The transport error.
         reason: String,
     },
-    /// The upstream answered with an error status.
+    /// The upstream returned an error status.
     #[error("upstream returned HTTP {status}: {body}")]
     UpstreamStatus {
         /// HTTP status code.

@@ -78,7 +78,7 @@ pub(crate) async fn announce_loop(provider: Arc<Provider>, network: NetworkHandl
     }
 }
 
-/// Whether an address can be dialled by others: not an unspecified (0.0.0.0 or ::) listener.
+/// Returns whether others can dial an address: not an unspecified (0.0.0.0 or ::) listener.
 fn is_dialable(addr: &Multiaddr) -> bool {
     !addr.iter().any(|p| match p {
         libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),

@@ -51,7 +51,7 @@ impl Upstream {
         Ok(Self { base_url: trimmed.to_owned(), client })
     }
 
-    /// The base URL without a trailing slash.
+    /// Returns the base URL without a trailing slash.
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
